@@ -1,0 +1,296 @@
+"""Job configuration: YAML job files validated into typed, strict sections.
+
+A job file says what to run, on which data, with which resources. Every section is a pydantic
+model that forbids unknown keys, so a typo fails loudly with the key, the file and the allowed
+names instead of silently falling back to a default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MODALITIES = ("FLAIR", "T1", "T1c", "T2")
+STAGES = ("cohort", "preprocess", "split", "tune", "cv", "fit", "evaluate", "explain")
+
+
+class ConfigError(ValueError):
+    """A job file or override that does not validate; the message names file, key and problem."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PhantomConfig(Section):
+    """Generate a phantom cohort into ``data.root`` when it does not exist yet."""
+
+    patients: int = Field(60, ge=2)
+    seed: int = 0
+    shape: tuple[int, int, int] = (96, 96, 64)
+    crossover: float = Field(0.15, ge=0.0, le=1.0)
+    mutant_fraction: float = Field(103 / 501, gt=0.0, lt=1.0)
+
+
+class DataConfig(Section):
+    layout: Literal["ucsf_pdgm", "csv"] = "ucsf_pdgm"
+    root: Path | None = None
+    metadata_csv: Path | None = None
+    cases_csv: Path | None = None
+    modalities: list[Literal["FLAIR", "T1", "T1c", "T2"]] = Field(default_factory=lambda: list(MODALITIES))
+    use_bias_corrected: bool = False
+    min_patients: int = Field(10, ge=1)
+    phantom: PhantomConfig | None = None
+
+    @model_validator(mode="after")
+    def _layout_needs_its_source(self) -> "DataConfig":
+        if self.layout == "ucsf_pdgm" and self.root is None:
+            raise ValueError("data.root is required for layout 'ucsf_pdgm'")
+        if self.layout == "csv" and self.cases_csv is None:
+            raise ValueError("data.cases_csv is required for layout 'csv'")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"data.modalities has duplicates: {self.modalities}")
+        return self
+
+
+class PreprocessConfig(Section):
+    size: int = Field(128, ge=8, le=512)
+    margin: int = Field(4, ge=0)
+    clip_percentiles: tuple[float, float] = (0.5, 99.5)
+    affine_atol: float = Field(1e-3, gt=0)
+    nan_policy: Literal["repair", "quarantine"] = "repair"
+    shard_size: int = Field(16, ge=1)
+    compression: Literal["none", "lzf", "gzip", "zstd"] = "lzf"
+
+    @field_validator("clip_percentiles")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {value}")
+        return value
+
+
+class SplitConfig(Section):
+    test_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    val_fraction: float = Field(0.15, gt=0.0, lt=0.5)
+    folds: int = Field(5, ge=2)
+
+
+class ModelConfig(Section):
+    variant: Literal["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"] = "b7"
+    trainable_stages: int = Field(2, ge=-1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    pretrained_2d: Path | None = None
+    activation_checkpointing: bool = False
+    channels_last: bool = False
+
+
+class TrainConfig(Section):
+    epochs: int = Field(30, ge=1)
+    micro_batch: int = Field(2, ge=1)
+    accumulate: int = Field(8, ge=1)
+    max_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-2, ge=0)
+    pct_start: float = Field(0.3, gt=0, lt=1)
+    div_factor: float = Field(25.0, gt=0)
+    final_div_factor: float = Field(1e4, gt=0)
+    loss: Literal["focal", "ce"] = "focal"
+    focal_gamma: float = Field(2.0, ge=0)
+    focal_alpha: float | None = Field(0.75, ge=0, le=1)
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    grad_clip: float | None = Field(1.0, gt=0)
+    num_workers: int = Field(2, ge=0)
+    select_metric: Literal["val/auc", "val/loss"] = "val/auc"
+    patience: int = Field(10, ge=1)
+    augment: bool = True
+    checkpoint_every_steps: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class EvaluateConfig(Section):
+    threshold: Literal["f1", "youden"] = "f1"
+    bootstrap: int = Field(1000, ge=100)
+
+
+class ExplainConfig(Section):
+    methods: list[Literal["gradcam", "gradcam++"]] = Field(default_factory=lambda: ["gradcam"])
+    layer: str | None = None
+    max_cases: int | None = Field(None, ge=1)
+    dilation: int = Field(3, ge=0)
+
+
+class TuneConfig(Section):
+    space: Path = Path("tune_spaces/focal_onecycle.yaml")
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    folds: int | None = Field(None, ge=2)
+    epochs: int | None = Field(None, ge=1)
+    searcher: Literal["optuna", "random"] = "optuna"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)
+    max_failures: int = Field(2, ge=0)
+
+
+class TrackingConfig(Section):
+    """``uri`` None means an embedded SQLite store in the work dir; the launcher fills in
+    ``parent_run_id`` so that jobs on other nodes log as children of one launch run."""
+
+    uri: str | None = None
+    experiment: str = "idhhpc"
+    parent_run_id: str | None = None
+
+
+class Resources(Section):
+    """What one Slurm job asks for; every field may be overridden per stage."""
+
+    partition: str | None = None
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    tasks_per_node: int = Field(1, ge=1)
+    cpus_per_task: int = Field(2, ge=1)
+    mem_gb: float = Field(8, gt=0)
+    time_min: int = Field(60, ge=1)
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    array_parallelism: int = Field(16, ge=1)
+    max_timeouts: int = Field(3, ge=0)
+    extra_sbatch: dict[str, str] = Field(default_factory=dict)
+    setup: list[str] = Field(default_factory=list)
+
+
+class HpcConfig(Section):
+    executor: Literal["debug", "local", "slurm"] = "local"
+    local_parallelism: int = Field(2, ge=1)
+    resources: Resources = Field(default_factory=Resources)
+    stages: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("stages")
+    @classmethod
+    def _known_stages(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for stage, override in value.items():
+            if stage not in STAGES:
+                raise ValueError(f"unknown stage {stage!r} in hpc.stages; allowed: {', '.join(STAGES)}")
+            Resources(**override)
+        return value
+
+    def for_stage(self, stage: str) -> Resources:
+        merged = self.resources.model_dump() | self.stages.get(stage, {})
+        return Resources(**merged)
+
+
+class JobConfig(Section):
+    name: str = "idhhpc"
+    work_dir: Path = Path("runs/default")
+    seed: int = 0
+    stages: list[Literal[STAGES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["cohort", "preprocess", "split", "cv", "fit", "evaluate", "explain"]
+    )
+    data: DataConfig
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    hpc: HpcConfig = Field(default_factory=HpcConfig)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of some sections: what decides whether an output is still valid."""
+        payload = {name: _jsonable(getattr(self, name)) for name in sections}
+        payload["seed"] = self.seed
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _jsonable(section: BaseModel) -> Any:
+    return json.loads(section.model_dump_json())
+
+
+def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
+    """Read a job file (or the built-in default job when ``path`` is None) and apply overrides.
+
+    Relative data paths in a job file are taken relative to the current directory, like the
+    paths a user types on the command line.
+    """
+    source = str(path) if path is not None else "<built-in default job>"
+    raw = _read_yaml(Path(path)) if path is not None else default_job_dict()
+    for override in overrides:
+        _apply_override(raw, override, source)
+    try:
+        return JobConfig(**raw)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, source)) from None
+
+
+def default_job_dict() -> dict[str, Any]:
+    """The built-in job: a phantom cohort, a small network and volumes, local CPU."""
+    return yaml.safe_load((Path(__file__).parent / "jobs" / "default.yaml").read_text())
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: job file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a job file must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], override: str, source: str) -> None:
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {override!r}: expected key=value, e.g. train.epochs=5")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {override!r}: {part!r} is not a section in {source}")
+        node = child
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid job configuration"]
+    for problem in err.errors():
+        location = ".".join(str(part) for part in problem["loc"]) or "<top level>"
+        if problem["type"] == "extra_forbidden":
+            allowed = _allowed_keys(problem["loc"][:-1])
+            lines.append(f"  {location}: unknown key; allowed here: {', '.join(allowed)}")
+        else:
+            lines.append(f"  {location}: {problem['msg']} (got {problem.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _allowed_keys(location: tuple) -> list[str]:
+    model: type[BaseModel] = JobConfig
+    for part in location:
+        field = model.model_fields.get(str(part))
+        annotation = getattr(field, "annotation", None)
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        model = nested[0]
+    return sorted(model.model_fields)
+
+
+def save_resolved(config: JobConfig, path: Path) -> None:
+    """Write the fully resolved configuration beside the outputs it produced."""
+    from idhhpc.io import atomic_write_text
+
+    text = yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False)
+    atomic_write_text(path, text)

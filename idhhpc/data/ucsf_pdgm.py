@@ -1,0 +1,109 @@
+"""The quirks of UCSF-PDGM on disk, in one place.
+
+IDs are 3-digit in the metadata CSV (``UCSF-PDGM-004``) and 4-digit in folder names
+(``UCSF-PDGM-0004_nifti``); follow-up scans (``_FU016d``) repeat an earlier patient; the IDH
+column has many spellings; the contrast-enhanced T1 is ``T1c`` in some copies and ``T1gad`` in
+others. ``Final pathologic diagnosis`` contains the IDH status and is never read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_ID = re.compile(r"^(?P<prefix>UCSF-PDGM)-(?P<number>\d{1,4})(?P<followup>_FU\w*)?$", re.IGNORECASE)
+_FOLDER = re.compile(r"^(?P<id>UCSF-PDGM-\d{1,4}(?:_FU\w*?)?)_nifti$", re.IGNORECASE)
+
+MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
+    "FLAIR": ("FLAIR",),
+    "T1": ("T1",),
+    "T1c": ("T1c", "T1gad", "T1ce", "T1Gd", "T1post"),
+    "T2": ("T2",),
+}
+_WILDTYPE = {"wildtype", "wild type", "wild-type", "wt", "negative", "idh-wildtype", "0"}
+_UNLABELED = {"", "unknown", "nan", "na", "n/a", "none", "not available", "nos"}
+_MUTANT_HINTS = ("mutant", "mutated", "mutation", "idh1", "idh2", "p.r132", "p.r172", "positive")
+
+
+@dataclass(frozen=True)
+class ParsedId:
+    """A UCSF-PDGM identifier reduced to its canonical 4-digit form."""
+
+    canonical: str
+    followup: str | None
+
+    @property
+    def is_followup(self) -> bool:
+        return self.followup is not None
+
+
+def parse_id(raw: str) -> ParsedId | None:
+    """``UCSF-PDGM-004`` and ``UCSF-PDGM-0004`` both become ``UCSF-PDGM-0004``; None if not an ID."""
+    match = _ID.match(raw.strip())
+    if match is None:
+        return None
+    canonical = f"UCSF-PDGM-{int(match['number']):04d}"
+    followup = match["followup"].lstrip("_") if match["followup"] else None
+    return ParsedId(canonical, followup)
+
+
+def folder_id(folder: Path) -> str | None:
+    """The raw patient ID a ``*_nifti`` folder belongs to, or None for other folders."""
+    match = _FOLDER.match(folder.name)
+    return match["id"] if match else None
+
+
+def parse_idh(value: object) -> tuple[int | None, str | None]:
+    """Map an IDH cell to (label, problem): 0 wildtype, 1 mutant, None with the reason otherwise."""
+    text = "" if value is None else str(value).strip()
+    lowered = text.lower()
+    if lowered in _WILDTYPE:
+        return 0, None
+    if lowered == "1":
+        return 1, None
+    if lowered in _UNLABELED:
+        return None, f"unlabeled IDH status ({text or 'empty'!s})"
+    if any(hint in lowered for hint in _MUTANT_HINTS):
+        return 1, None
+    return None, f"unrecognised IDH value {text!r}"
+
+
+def find_metadata_csv(root: Path) -> Path:
+    """The newest ``UCSF-PDGM-metadata*.csv`` in the dataset folder or its parent."""
+    candidates = sorted(root.glob("UCSF-PDGM-metadata*.csv")) or sorted(root.parent.glob("UCSF-PDGM-metadata*.csv"))
+    if not candidates:
+        raise FileNotFoundError(f"{root}: no UCSF-PDGM-metadata*.csv found here or in its parent; set data.metadata_csv")
+    return max(candidates, key=_version_key)
+
+
+def _version_key(path: Path) -> tuple[int, str]:
+    match = re.search(r"_v(\d+)", path.stem)
+    return (int(match.group(1)) if match else 0, path.name)
+
+
+def find_modality(folder: Path, modality: str, bias_corrected: bool) -> tuple[Path | None, str | None]:
+    """The one file of ``modality`` in a patient folder, as (path, problem)."""
+    suffix = "_bias" if bias_corrected else ""
+    wanted = {f"_{alias}{suffix}".lower() for alias in MODALITY_ALIASES[modality]}
+    matches = [p for p in sorted(folder.iterdir()) if p.is_file() and _stem(p).lower().endswith(tuple(wanted))]
+    if not matches:
+        names = "/".join(f"*{w}.nii.gz" for w in sorted(wanted))
+        return None, f"missing {modality}: no {names} in {folder}"
+    if len(matches) > 1:
+        return None, f"ambiguous {modality}: {', '.join(p.name for p in matches)} in {folder}"
+    return matches[0], None
+
+
+def find_optional(folder: Path, suffix: str) -> Path | None:
+    matches = [p for p in sorted(folder.iterdir()) if p.is_file() and _stem(p).lower().endswith(suffix.lower())]
+    return matches[0] if len(matches) == 1 else None
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for ext in (".nii.gz", ".nii"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return ""
+

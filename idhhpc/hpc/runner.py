@@ -1,0 +1,132 @@
+"""Run pipeline steps through submitit: in-process, as local subprocesses, or as Slurm jobs.
+
+Locally a step waits for the one before it and its array tasks run a few at a time (submitit's
+local executor would start them all at once). On Slurm the whole chain is submitted up front,
+linked by ``afterok`` dependencies, and the launcher returns unless asked to wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import submitit
+from tqdm import tqdm
+
+from idhhpc.config import JobConfig
+from idhhpc.hpc.executors import make_executor
+from idhhpc.hpc.pipeline import Step
+
+log = logging.getLogger(__name__)
+
+
+class StageFailed(RuntimeError):
+    """A step's job failed; the message carries the stage, the job and the tail of its log."""
+
+
+@dataclass
+class StepRecord:
+    step: str
+    job_ids: list[str] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    state: str = "PENDING"
+    seconds: float = 0.0
+    results: list[Any] = field(default_factory=list)
+
+
+def run_locally(steps: list[Step], config: JobConfig, kind: str, folder: Path, progress: bool = True) -> list[StepRecord]:
+    records = []
+    for step in steps:
+        record = StepRecord(step.name)
+        records.append(record)
+        start = time.monotonic()
+        tasks = step.tasks(config)
+        executor = make_executor(kind, folder, config.hpc.for_stage(step.stage), f"idhhpc-{step.name}")
+        record.results = _run_throttled(executor, step, config, tasks, config.hpc.local_parallelism, record, progress)
+        record.state, record.seconds = "COMPLETED", time.monotonic() - start
+    return records
+
+
+def _run_throttled(executor: submitit.Executor, step: Step, config: JobConfig, tasks: list[tuple],
+                   parallelism: int, record: StepRecord, progress: bool) -> list[Any]:
+    function, pending, running, results = step.function(), list(enumerate(tasks)), [], {}
+    bar = tqdm(total=len(tasks), desc=step.name, unit="task", disable=not progress or len(tasks) < 2, leave=False)
+    while pending or running:
+        while pending and len(running) < parallelism:
+            position, args = pending.pop(0)
+            job = executor.submit(function, config, *args)
+            record.job_ids.append(str(job.job_id))
+            record.logs.append(str(job.paths.stdout))
+            running.append((position, job))
+        finished = [(p, j) for p, j in running if _is_done(j)]
+        for position, job in finished:
+            running.remove((position, job))
+            results[position] = _result_or_raise(step, job, record)
+            bar.update(1)
+        if running and not finished:
+            time.sleep(0.2)
+    bar.close()
+    return [results[i] for i in range(len(tasks))]
+
+
+def _is_done(job: submitit.Job) -> bool:
+    return isinstance(job, submitit.DebugJob) or job.done()
+
+
+def _result_or_raise(step: Step, job: submitit.Job, record: StepRecord) -> Any:
+    try:
+        return job.result()
+    except Exception as err:
+        record.state = "FAILED"
+        raise StageFailed(f"stage {step.name} failed (job {job.job_id}): {_last_line(err)}\n"
+                          f"{log_tail(job)}") from err
+
+
+def _last_line(err: Exception) -> str:
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
+
+
+def log_tail(job: submitit.Job, lines: int = 15) -> str:
+    """The end of a job's stderr, where Python tracebacks and Slurm errors land."""
+    try:
+        text = Path(job.paths.stderr).read_text(errors="replace")
+    except (OSError, AttributeError):
+        return ""
+    tail = text.strip().splitlines()[-lines:]
+    return f"--- tail of {job.paths.stderr}\n" + "\n".join(tail) if tail else ""
+
+
+def submit_to_slurm(steps: list[Step], config: JobConfig, folder: Path) -> tuple[list[StepRecord], list[submitit.Job]]:
+    """Submit every step at once, each depending on its predecessor with ``afterok``."""
+    records, jobs_by_step, all_jobs = [], {}, []
+    for step in steps:
+        dependency = _dependency(step, jobs_by_step)
+        executor = make_executor("slurm", folder, config.hpc.for_stage(step.stage), f"idhhpc-{step.name}", dependency)
+        tasks = step.tasks(config)
+        function = step.function()
+        if len(tasks) == 1:
+            jobs = [executor.submit(function, config, *tasks[0])]
+        else:
+            jobs = executor.map_array(function, *zip(*[(config, *args) for args in tasks]))
+        jobs_by_step[step.name] = jobs
+        all_jobs += jobs
+        records.append(StepRecord(step.name, [j.job_id for j in jobs], [str(j.paths.stdout) for j in jobs], "SUBMITTED"))
+    return records, all_jobs
+
+
+def _dependency(step: Step, jobs_by_step: dict[str, list[submitit.Job]]) -> str | None:
+    ids = sorted({job.job_id.split("_")[0] for name in step.after for job in jobs_by_step.get(name, [])})
+    return f"afterok:{':'.join(ids)}" if ids else None
+
+
+def format_table(records: list[StepRecord]) -> str:
+    rows = [("step", "state", "jobs", "seconds", "log")]
+    for r in records:
+        jobs = r.job_ids[0] + (f" (+{len(r.job_ids) - 1})" if len(r.job_ids) > 1 else "") if r.job_ids else "-"
+        rows.append((r.step, r.state, jobs, f"{r.seconds:.1f}" if r.seconds else "-", r.logs[0] if r.logs else "-"))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

@@ -1,0 +1,121 @@
+"""``python -m idhhpc.launch``: turn a job file into jobs, on this machine or on Slurm.
+
+With no ``--job`` the built-in default job runs the whole pipeline on a phantom cohort on the
+local CPU. ``--partition`` implies Slurm; ``--dry-run`` prints the planned jobs and submits nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from idhhpc.config import STAGES, ConfigError, JobConfig, load_job, save_resolved
+from idhhpc.hpc.executors import SlurmNotAvailable, sbatch_preview
+from idhhpc.hpc.pipeline import Step, build_steps
+from idhhpc.hpc.runner import StageFailed, format_table, run_locally, submit_to_slurm
+from idhhpc.workdir import WorkDir
+
+log = logging.getLogger("idhhpc.launch")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m idhhpc.launch", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--job", type=Path, help="YAML job file (default: built-in phantom dry-run job)")
+    parser.add_argument("--partition", help="Slurm partition for every stage (implies --executor slurm)")
+    parser.add_argument("--executor", choices=["slurm", "local", "debug"], help="override hpc.executor")
+    parser.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)}")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any job key, e.g. --set train.epochs=5 (repeatable)")
+    parser.add_argument("--dry-run", action="store_true", help="print the planned jobs; submit nothing")
+    parser.add_argument("--wait", action="store_true", help="on Slurm, wait for the chain to finish")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> JobConfig:
+    overrides = list(args.overrides)
+    if args.stages:
+        overrides.append(f"stages=[{args.stages}]")
+    if args.partition:
+        overrides += [f"hpc.resources.partition={args.partition}", "hpc.executor=slurm"]
+    if args.executor:
+        overrides.append(f"hpc.executor={args.executor}")
+    return load_job(args.job, overrides)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = resolve_config(args)
+        steps = build_steps(list(config.stages))
+        if args.dry_run:
+            print(describe_plan(steps, config))
+            return 0
+        return launch(steps, config, args)
+    except (ConfigError, SlurmNotAvailable, StageFailed, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def launch(steps: list[Step], config: JobConfig, args: argparse.Namespace) -> int:
+    from idhhpc.stages.track import open_launch_run
+
+    work = WorkDir(config.work_dir)
+    work.root.mkdir(parents=True, exist_ok=True)
+    config = open_launch_run(config)
+    save_resolved(config, work.resolved_config)
+    folder = work.launches / time.strftime("%Y%m%d-%H%M%S")
+    if config.hpc.executor == "slurm":
+        records, jobs = submit_to_slurm(steps, config, folder)
+        print(format_table(records))
+        print(_where(config))
+        return _wait_for(jobs) if args.wait else 0
+    records = run_locally(steps, config, config.hpc.executor, folder, progress=not args.quiet)
+    print(format_table(records))
+    print(_where(config))
+    return 0
+
+
+def _where(config: JobConfig) -> str:
+    work = WorkDir(config.work_dir)
+    lines = [f"work dir: {work.root}", f"MLflow:   {config.tracking.uri}  (parent run {config.tracking.parent_run_id})"]
+    if (work.reports / "report.md").is_file():
+        lines.append(f"report:   {work.reports / 'report.md'}")
+    lines.append(f"compare runs: mlflow ui --backend-store-uri {config.tracking.uri} --host 127.0.0.1")
+    return "\n".join(lines)
+
+
+def _wait_for(jobs: list) -> int:
+    failed = []
+    for job in jobs:
+        try:
+            job.result()
+        except Exception as err:  # submitit raises several types for failed or cancelled jobs
+            failed.append(f"{job.job_id}: {str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}")
+    for line in failed:
+        print(f"failed: {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def describe_plan(steps: list[Step], config: JobConfig) -> str:
+    """What would run, with resources, dependencies and, on Slurm, the sbatch text."""
+    folder = WorkDir(config.work_dir).launches / "<timestamp>"
+    lines = [f"job {config.name}: executor={config.hpc.executor}, work dir {config.work_dir}", ""]
+    for step in steps:
+        tasks = len(step.tasks(config))
+        resources = config.hpc.for_stage(step.stage)
+        after = ", ".join(step.after) or "-"
+        lines.append(f"[{step.name}] {step.target}  tasks={tasks}  after={after}")
+        if config.hpc.executor == "slurm":
+            dependency = "afterok:<" + ">:<".join(step.after) + ">" if step.after else None
+            lines.append(sbatch_preview(folder, resources, f"idhhpc-{step.name}", dependency, tasks))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Stage ``cohort``: discover patients (generating the phantom cohort when asked) → manifest."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from idhhpc.config import JobConfig
+from idhhpc.data import cohort as ingest
+from idhhpc.workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+
+class TooFewPatients(RuntimeError):
+    """Fewer usable patients than ``data.min_patients``: the summary says why."""
+
+
+@dataclass
+class CohortSummary:
+    included: int
+    mutant: int
+    wildtype: int
+    excluded: dict[str, int]
+
+    def table(self) -> str:
+        lines = [f"cohort: {self.included} included ({self.wildtype} wildtype, {self.mutant} mutant)"]
+        lines += [f"  excluded {count:4d}  {reason}" for reason, count in sorted(self.excluded.items(), key=lambda kv: -kv[1])]
+        return "\n".join(lines)
+
+
+def run_cohort(config: JobConfig) -> CohortSummary:
+    """Write ``cohort/manifest.csv`` and ``cohort/quarantine.csv``; fail below ``min_patients``."""
+    data = config.data
+    if data.layout == "ucsf_pdgm":
+        ensure_phantom_cohort(config)
+        cohort = ingest.discover_ucsf_pdgm(data.root, data.metadata_csv, data.modalities, data.use_bias_corrected)
+    else:
+        cohort = ingest.discover_csv(data.cases_csv, data.modalities)
+    work = WorkDir(config.work_dir)
+    ingest.write_manifest(cohort.cases, work.manifest, data.modalities)
+    ingest.write_quarantine(cohort.quarantined, work.quarantine)
+    summary = summarise(cohort)
+    log.info("%s", summary.table())
+    if summary.included < data.min_patients:
+        raise TooFewPatients(f"only {summary.included} usable patients, data.min_patients={data.min_patients}\n{summary.table()}")
+    return summary
+
+
+def summarise(cohort: ingest.Cohort) -> CohortSummary:
+    labels = Counter(case.label for case in cohort.cases)
+    return CohortSummary(len(cohort.cases), labels[1], labels[0], dict(Counter(reason_kind(r) for _, r in cohort.quarantined)))
+
+
+def reason_kind(reason: str) -> str:
+    """Group reasons for the summary table: drop the file-specific part of the message."""
+    text = reason.split(": ", 1)[-1] if " line " in reason.split(": ", 1)[0] else reason
+    for kind in ("follow-up scan", "unlabeled IDH", "unrecognised IDH", "duplicate patient", "missing", "has no row",
+                 "has no image folder", "not a 3-D", "unreadable", "differs from", "unsafe patient id", "ambiguous"):
+        if kind in text:
+            return kind
+    return text[:60]
+
+
+def ensure_phantom_cohort(config: JobConfig) -> None:
+    """Generate the configured phantom cohort into ``data.root`` once, atomically."""
+    spec, root = config.data.phantom, config.data.root
+    if spec is None or (root.is_dir() and any(root.glob("UCSF-PDGM-metadata*.csv"))):
+        return
+    from idhhpc.data.phantoms import generate_cohort
+
+    log.info("generating a phantom cohort of %d patients in %s", spec.patients, root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
+    try:
+        generate_cohort(staging, spec.patients, seed=spec.seed, shape=tuple(spec.shape), crossover=spec.crossover,
+                        mutant_fraction=spec.mutant_fraction)
+        if root.exists():
+            shutil.rmtree(root)
+        staging.rename(root)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
