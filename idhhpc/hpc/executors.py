@@ -22,7 +22,7 @@ def make_executor(kind: ExecutorKind, folder: Path, resources: Resources, job_na
     if kind == "slurm" and shutil.which("sbatch") is None:
         raise SlurmNotAvailable("sbatch is not on PATH: this machine is not a Slurm login node. "
                                 "Run with --executor local (subprocesses) or --executor debug (in-process).")
-    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=kind)
+    executor = submitit.AutoExecutor(folder=folder / "%j", cluster=kind, slurm_max_num_timeout=resources.max_timeouts)
     executor.update_parameters(name=job_name, timeout_min=resources.time_min, **_slurm_parameters(resources, dependency))
     return executor
 
@@ -40,7 +40,6 @@ def _slurm_parameters(resources: Resources, dependency: str | None) -> dict:
         "slurm_setup": list(resources.setup),
         "slurm_additional_parameters": extra,
         "slurm_array_parallelism": resources.array_parallelism,
-        "slurm_max_num_timeout": resources.max_timeouts,
         "nodes": resources.nodes,
         "tasks_per_node": resources.tasks_per_node,
         "cpus_per_task": resources.cpus_per_task,

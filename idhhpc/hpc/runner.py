@@ -81,13 +81,13 @@ def _result_or_raise(step: Step, job: submitit.Job, record: StepRecord) -> Any:
         return job.result()
     except Exception as err:
         record.state = "FAILED"
-        raise StageFailed(f"stage {step.name} failed (job {job.job_id}): {_last_line(err)}\n"
-                          f"{log_tail(job)}") from err
+        raise StageFailed(f"stage {step.name} failed (job {job.job_id}):\n{_error_text(err)}\n{log_tail(job)}") from err
 
 
-def _last_line(err: Exception) -> str:
-    lines = [line for line in str(err).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(err).__name__
+def _error_text(err: Exception, lines: int = 25) -> str:
+    """The exception as the job raised it; submitit wraps remote ones with their traceback."""
+    text = [line for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+    return "\n".join(text[-lines:])
 
 
 def log_tail(job: submitit.Job, lines: int = 15) -> str:

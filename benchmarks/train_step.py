@@ -1,0 +1,134 @@
+"""Training throughput of one optimizer step setup, fp32 against AMP, printed as a table of ratios.
+
+CPU (default when no GPU): ``--variant b0 --size 48 --accumulate 2``, fp32 vs bf16 autocast.
+CUDA: B7 at 128³, effective batch 16, fp32 vs AMP vs AMP+channels_last, each under
+``set_per_process_memory_fraction`` emulating a 4 GiB card, with peak allocated memory.
+
+    python benchmarks/train_step.py [--variant b0] [--size 48] [--micro-batch 2] [--accumulate 8] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import torch
+
+from idhhpc.train.loss import make_loss
+from idhhpc.train.optim import make_optimizer, resolve_amp
+from idhhpc.train.settings import TrainSettings
+from idhhpc.train.validation import autocast_context
+
+
+@dataclass
+class Case:
+    name: str
+    amp: str
+    channels_last: bool
+
+
+def parse_args() -> argparse.Namespace:
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", default="b7" if cuda else "b0")
+    parser.add_argument("--size", type=int, default=128 if cuda else 48)
+    parser.add_argument("--micro-batch", type=int, default=2)
+    parser.add_argument("--accumulate", type=int, default=8 if cuda else 2)
+    parser.add_argument("--steps", type=int, default=20 if cuda else 2, help="optimizer steps timed per case")
+    parser.add_argument("--warmup", type=int, default=1, help="optimizer steps run before timing")
+    parser.add_argument("--memory-gib", type=float, default=4.0, help="emulated GPU memory (CUDA only)")
+    parser.add_argument("--trainable-stages", type=int, default=2)
+    return parser.parse_args()
+
+
+def cases(device: torch.device) -> list[Case]:
+    if device.type == "cuda":
+        return [Case("fp32", "off", False), Case("amp", "auto", False), Case("amp+channels_last", "auto", True)]
+    return [Case("fp32", "off", False), Case("bf16 autocast", "bf16", False)]
+
+
+def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict:
+    from idhhpc.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(args.variant, trainable_stages=args.trainable_stages, channels_last=case.channels_last).to(device)
+    settings = TrainSettings(micro_batch=args.micro_batch, accumulate=args.accumulate, amp=case.amp)
+    optimizer, loss_fn = make_optimizer(model, settings), make_loss(settings)
+    amp_dtype, use_scaler = resolve_amp(case.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
+    images = torch.randn(args.micro_batch, 4, args.size, args.size, args.size, device=device)
+    labels = torch.arange(args.micro_batch, device=device) % 2
+    step = lambda: optimizer_step(model, optimizer, scaler, loss_fn, images, labels, amp_dtype, args.accumulate)
+    for _ in range(args.warmup):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    samples = args.steps * args.accumulate * args.micro_batch
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    return {"name": case.name, "samples_per_s": samples / seconds, "peak_gib": peak}
+
+
+def optimizer_step(model, optimizer, scaler, loss_fn, images, labels, amp_dtype, accumulate) -> None:
+    model.train()
+    for _ in range(accumulate):
+        with autocast_context(images.device, amp_dtype):
+            logits = model(images)
+        loss = loss_fn(logits.float(), labels) / accumulate
+        (scaler.scale(loss) if scaler else loss).backward()
+    if scaler:
+        scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def limit_memory(device: torch.device, gib: float) -> None:
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), device)
+
+
+def print_header(args: argparse.Namespace, device: torch.device) -> None:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device={device} ({name}), torch {torch.__version__}, variant={args.variant}, size={args.size}^3, "
+          f"micro_batch={args.micro_batch}, accumulate={args.accumulate}, timed optimizer steps={args.steps}")
+    print(f"{'case':<20} {'samples/s':>10} {'vs fp32':>8} {'peak GiB':>9}", flush=True)
+
+
+def print_row(row: dict, baseline: float) -> None:
+    ratio = row["samples_per_s"] / baseline
+    print(f"{row['name']:<20} {row['samples_per_s']:>10.2f} {ratio:>8.2f} {row['peak_gib']:>9.2f}", flush=True)
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        limit_memory(device, args.memory_gib)
+        torch.backends.cudnn.benchmark = True
+    print_header(args, device)
+    baseline = None
+    for case in cases(device):
+        try:
+            row = run_case(case, args, device)
+        except torch.OutOfMemoryError:
+            row = {"name": case.name + " (OOM)", "samples_per_s": float("nan"), "peak_gib": float("nan")}
+        baseline = baseline or row["samples_per_s"]
+        print_row(row, baseline)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Seeded 3D augmentation for the training split.
+
+Randomness for an item is a pure function of (seed, epoch, index, draw), set on the transform
+just before it runs, so results do not depend on the number of DataLoader workers, on the
+order workers pick items up, or on whether the run was resumed.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    RandAdjustContrast,
+    RandAffine,
+    RandBiasField,
+    RandFlip,
+    RandGaussianNoise,
+    RandScaleIntensity,
+    RandShiftIntensity,
+)
+from torch.utils.data import Dataset
+
+AUGMENT_STREAM = 2
+
+
+def make_train_transform(seed: int = 0) -> Compose:
+    """Flips, small rotation/scale, bias field, contrast, intensity jitter and noise on (C, D, H, W).
+
+    Geometry first (flip, affine) so intensity changes are not resampled; the bias field and
+    gamma act before the additive jitter and noise, as on a real scanner.
+    """
+    rotate = math.radians(10.0)
+    transform = Compose([
+        RandFlip(prob=0.5, spatial_axis=0),
+        RandFlip(prob=0.5, spatial_axis=1),
+        RandFlip(prob=0.5, spatial_axis=2),
+        RandAffine(prob=0.5, rotate_range=(rotate,) * 3, scale_range=(0.1,) * 3, mode="bilinear",
+                   padding_mode="zeros"),
+        RandBiasField(prob=0.3, degree=3, coeff_range=(0.0, 0.1)),
+        RandAdjustContrast(prob=0.3, gamma=(0.7, 1.5)),
+        RandScaleIntensity(prob=0.5, factors=0.1),
+        RandShiftIntensity(prob=0.5, offsets=0.1),
+        RandGaussianNoise(prob=0.3, mean=0.0, std=0.05),
+    ])
+    transform.set_random_state(seed=seed)
+    return transform
+
+
+def item_seed(seed: int, epoch: int, index: int, draw: int = 0) -> int:
+    """A 32-bit seed (numpy RandomState's limit) for one augmented item."""
+    return int(np.random.SeedSequence([seed, AUGMENT_STREAM, epoch, index, draw]).generate_state(1)[0])
+
+
+class AugmentedDataset(Dataset):
+    """Applies ``transform`` to ``base[i]["image"]``; keys may be ``i`` or ``(i, draw)``.
+
+    ``draw`` (the position of the item in the epoch's sample order) gives repeated draws of an
+    oversampled item different augmentations within one epoch.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], Any] | None = None, seed: int = 0) -> None:
+        self.base = base
+        self.transform = transform if transform is not None else make_train_transform(seed)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def labels(self) -> list[int]:
+        return list(self.base.labels)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, draw = key if isinstance(key, tuple) else (key, 0)
+        item = dict(self.base[index])
+        self.transform.set_random_state(seed=item_seed(self.seed, self.epoch, index, draw))
+        item["image"] = _plain_float_tensor(self.transform(item["image"]))
+        return item
+
+
+def _plain_float_tensor(image: Any) -> torch.Tensor:
+    if isinstance(image, MetaTensor):
+        image = image.as_tensor()
+    return torch.as_tensor(image, dtype=torch.float32).contiguous()

@@ -1,0 +1,51 @@
+"""What the preprocessing stage consumes and produces, shared by cohort ingestion, shards and readers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MODALITIES: tuple[str, ...] = ("FLAIR", "T1", "T1c", "T2")
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """One patient's files as discovered by cohort ingestion; ``images`` keeps channel order."""
+
+    patient_id: str
+    label: int | None
+    images: dict[str, Path]
+    brain_mask: Path | None = None
+    tumor_mask: Path | None = None
+
+
+@dataclass
+class PreprocessedCase:
+    """A patient ready for training: float16 ``image`` (C,S,S,S), uint8 masks (S,S,S).
+
+    ``tumor`` keeps the original labels (0, 1, 2, 4); ``geometry`` maps output voxels back to the
+    native grid (see :mod:`idhhpc.data.geometry`).
+    """
+
+    patient_id: str
+    label: int | None
+    image: np.ndarray
+    brain: np.ndarray
+    tumor: np.ndarray | None
+    geometry: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+class CaseRejected(Exception):
+    """A patient whose files cannot be preprocessed; ``reason`` is one line naming file and problem."""
+
+    def __init__(self, patient_id: str, reason: str):
+        super().__init__(f"{patient_id}: {reason}")
+        self.patient_id = patient_id
+        self.reason = reason
+
+    def __reduce__(self):
+        return (CaseRejected, (self.patient_id, self.reason))

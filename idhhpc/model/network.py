@@ -1,0 +1,168 @@
+"""The 3D EfficientNet that predicts IDH status, with a frozen prefix that costs no backward memory.
+
+MONAI's ``EfficientNetBN`` supplies the layers; :class:`IDHNet` keeps it as ``self.net`` (so state
+dicts keep MONAI's key layout under ``net.``) and runs the forward pass itself. That lets the
+frozen stem and early stages run under ``torch.no_grad()``, so they keep no activations for
+backward whatever the input (at 128³ that is gigabytes), while ``explain_mode`` can still open
+the graph through them for Grad-CAM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from monai.networks.nets import EfficientNetBN
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+VARIANTS = tuple(f"b{i}" for i in range(8))
+
+
+def variant_name(variant: str) -> str:
+    """Return MONAI's model name (``efficientnet-b7``) for ``b7`` or ``efficientnet-b7``."""
+    short = variant.strip().lower().removeprefix("efficientnet-")
+    if short not in VARIANTS:
+        raise ValueError(
+            f"unknown EfficientNet variant {variant!r}: expected one of {', '.join(VARIANTS)} "
+            "(optionally prefixed with 'efficientnet-')"
+        )
+    return f"efficientnet-{short}"
+
+
+class IDHNet(nn.Module):
+    """MONAI EfficientNetBN whose first stages are frozen feature extractors.
+
+    ``trainable_stages=k`` trains the last ``k`` stages of ``net._blocks`` plus the head
+    (``_conv_head``, ``_bn1``, ``_fc``); ``k=0`` trains only the head, ``k=-1`` or ``k`` at least
+    the number of stages trains everything, stem included. Frozen modules stay in eval mode so
+    their BatchNorm statistics and drop-connect never change.
+    """
+
+    def __init__(
+        self,
+        net: EfficientNetBN,
+        variant: str,
+        trainable_stages: int = 2,
+        activation_checkpointing: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.variant = variant_name(variant)
+        self.activation_checkpointing = activation_checkpointing
+        self.channels_last = channels_last
+        self.num_frozen_stages = _num_frozen_stages(len(net._blocks), trainable_stages)
+        self.stem_frozen = self.num_frozen_stages > 0
+        self._explaining = False
+        for module in self.frozen_modules():
+            module.requires_grad_(False)
+        if channels_last:
+            self.to(memory_format=torch.channels_last_3d)
+        self.train()
+
+    def frozen_modules(self) -> list[nn.Module]:
+        stem = [self.net._conv_stem, self.net._bn0] if self.stem_frozen else []
+        return stem + list(self.net._blocks[: self.num_frozen_stages])
+
+    def train(self, mode: bool = True) -> IDHNet:
+        """Switch modes like ``nn.Module.train`` but keep frozen modules in eval mode."""
+        super().train(mode)
+        for module in self.frozen_modules():
+            module.eval()
+        return self
+
+    @contextlib.contextmanager
+    def explain_mode(self) -> Iterator[IDHNet]:
+        """Evaluate with gradients flowing through the frozen prefix (which still never updates).
+
+        Grad-CAM needs the gradient at an arbitrary layer; the frozen prefix normally runs under
+        ``no_grad`` and its parameters do not require grad, so inside this context the input is
+        made to require grad instead, which builds the graph through every layer.
+        """
+        was_training = self.training
+        self.eval()
+        self._explaining = True
+        try:
+            yield self
+        finally:
+            self._explaining = False
+            self.train(was_training)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        x = self._prepare_input(inputs)
+        net = self.net
+        with self._frozen_context():
+            if self.stem_frozen:
+                x = self._stem(x)
+            for stage in net._blocks[: self.num_frozen_stages]:
+                x = stage(x)
+        if not self.stem_frozen:
+            x = self._stem(x)
+        for stage in net._blocks[self.num_frozen_stages :]:
+            x = self._run_trainable_stage(stage, x)
+        return self._head(x)
+
+    def _prepare_input(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last_3d)
+        if self._explaining and torch.is_grad_enabled() and not inputs.requires_grad:
+            inputs = inputs.detach().requires_grad_(True)
+        return inputs
+
+    def _frozen_context(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if self._explaining else torch.no_grad()
+
+    def _run_trainable_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Run one trainable stage, recomputing its activations in backward when checkpointing.
+
+        Caveat of checkpointing: the recomputation updates BatchNorm running statistics a second
+        time, which slightly shortens their effective momentum.
+        """
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(stage, x, use_reentrant=False)
+        return stage(x)
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        return net._swish(net._bn0(net._conv_stem(net._conv_stem_padding(x))))
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        x = net._swish(net._bn1(net._conv_head(net._conv_head_padding(x))))
+        x = net._avg_pooling(x).flatten(start_dim=1)
+        return net._fc(net._dropout(x))
+
+
+def _num_frozen_stages(num_stages: int, trainable_stages: int) -> int:
+    if trainable_stages < -1:
+        raise ValueError(f"trainable_stages must be -1 (all) or >= 0, got {trainable_stages}")
+    if trainable_stages == -1 or trainable_stages >= num_stages:
+        return 0
+    return num_stages - trainable_stages
+
+
+def build_model(
+    variant: str = "b7",
+    in_channels: int = 4,
+    num_classes: int = 2,
+    dropout: float = 0.2,
+    trainable_stages: int = 2,
+    activation_checkpointing: bool = False,
+    channels_last: bool = False,
+    pretrained_2d: str | Path | None = None,
+) -> IDHNet:
+    """Build the 3D classifier; ``pretrained_2d`` names a local 2D MONAI state dict to inflate."""
+    name = variant_name(variant)
+    net = EfficientNetBN(
+        name, pretrained=False, spatial_dims=3, in_channels=in_channels, num_classes=num_classes
+    )
+    net._dropout = nn.Dropout(dropout)
+    model = IDHNet(net, name, trainable_stages, activation_checkpointing, channels_last)
+    if pretrained_2d is not None:
+        from idhhpc.model.inflate import load_pretrained_2d
+
+        load_pretrained_2d(model, pretrained_2d)
+    return model

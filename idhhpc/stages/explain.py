@@ -1,0 +1,84 @@
+"""Stage ``explain``: Grad-CAM for held-out test patients, in model and native space, plus a gallery.
+
+The tumor segmentation is used here and only here, to measure whether the model looks at
+the tumor (CAM energy in the tumor, pointing game, against their chance levels).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from idhhpc.config import JobConfig
+from idhhpc.data.dataset import ShardDataset, read_case
+from idhhpc.data.geometry import output_affine, to_native
+from idhhpc.explain.cases import explain_cases
+from idhhpc.io import atomic_write_text
+from idhhpc.model.params import default_cam_layer
+from idhhpc.stages.evaluate import load_trained
+from idhhpc.stages.split import load_splits
+from idhhpc.stages.track import stage_run
+from idhhpc.stages.train import SELECTION_FILE, with_best_config
+from idhhpc.train.optim import resolve_device
+from idhhpc.workdir import WorkDir
+
+GALLERY_LINK = "\n## Explanations\n\nGrad-CAM gallery of the test patients: [explain/gallery.md](explain/gallery.md) " \
+               "([HTML](explain/gallery.html)); statistics in `explain/cam_statistics.json`.\n"
+
+
+def run_explain(config: JobConfig) -> dict[str, float]:
+    config = with_best_config(config)
+    work = WorkDir(config.work_dir)
+    selection = json.loads((work.checkpoints("fit") / SELECTION_FILE).read_text())
+    model = load_trained(config, Path(selection["checkpoint"]), resolve_device(config.train.device))
+    patients = choose_patients(load_splits(config)["test"], load_splits(config)["labels"], config.explain.max_cases)
+    result = explain_cases(model, iter_cases(work, patients, _evaluated_probs(work)), work.explanations,
+                           selection["threshold"], config.explain.layer or default_cam_layer(model),
+                           methods=tuple(config.explain.methods), to_native=lambda cam, case: to_native(cam, case["geometry"]))
+    _link_gallery_from_report(work)
+    with stage_run(config, "explain") as run:
+        run.log_metrics({k: v for k, v in result["summary"].items() if v == v})
+        for path in [*result["galleries"], result["statistics"]]:
+            run.log_artifact(path, "explain")
+        for case in result["cases"]:
+            run.log_artifact(work.patient_report(case["patient_id"]), f"explain/{case['patient_id']}")
+    return result["summary"]
+
+
+def choose_patients(test_ids: list[str], labels: dict[str, int], max_cases: int | None) -> list[str]:
+    """All test patients, or ``max_cases`` of them alternating between classes so both are shown."""
+    if max_cases is None or max_cases >= len(test_ids):
+        return list(test_ids)
+    by_class = [[p for p in test_ids if labels[p] == c] for c in (1, 0)]
+    chosen: list[str] = []
+    while len(chosen) < max_cases and any(by_class):
+        for group in by_class:
+            if group and len(chosen) < max_cases:
+                chosen.append(group.pop(0))
+    return chosen
+
+
+def iter_cases(work: WorkDir, patients: list[str], probs: dict[str, float]) -> Iterator[dict[str, Any]]:
+    dataset = ShardDataset(work.index, patients, with_masks=True)
+    for position, patient_id in enumerate(patients):
+        item = dataset[position]
+        geometry = read_case(work.index, patient_id).geometry
+        yield {**item, "label": item["label"] if item["label"] >= 0 else None, "prob": probs.get(patient_id),
+               "tumor": item["tumor"].numpy(), "brain": item["brain"].numpy(),
+               "geometry": geometry, "affine": output_affine(geometry)}
+
+
+def _evaluated_probs(work: WorkDir) -> dict[str, float]:
+    path = work.reports / "predictions.csv"
+    if not path.is_file():
+        return {}
+    with open(path) as fh:
+        return {row["patient_id"]: float(row["prob_mutant"]) for row in csv.DictReader(fh)}
+
+
+def _link_gallery_from_report(work: WorkDir) -> None:
+    report = work.reports / "report.md"
+    if report.is_file() and GALLERY_LINK not in report.read_text():
+        atomic_write_text(report, report.read_text() + GALLERY_LINK)

@@ -1,0 +1,102 @@
+"""Stages ``cv`` (one task per fold) and ``fit`` (the final model on the 70/15 split).
+
+Both are submitit ``Checkpointable`` jobs: on Slurm's preemption or time-limit signal the
+trainer saves ``last.pt`` at the next micro-step and the job is requeued, resuming exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import yaml
+
+from idhhpc.config import JobConfig
+from idhhpc.data.dataset import ShardDataset
+from idhhpc.evaluate.thresholds import choose_threshold
+from idhhpc.io import atomic_write_json
+from idhhpc.model.network import IDHNet, build_model
+from idhhpc.stages.split import load_splits
+from idhhpc.stages.track import stage_run
+from idhhpc.train.preemption import TrainingJob
+from idhhpc.train.settings import TrainSettings
+from idhhpc.train.stopping import StopRequest
+from idhhpc.train.trainer import TrainResult, train
+from idhhpc.workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+SELECTION_FILE = "selection.json"
+
+
+def with_best_config(config: JobConfig) -> JobConfig:
+    """Apply ``best_config.yaml`` from a finished sweep, when there is one, to the train section."""
+    path = WorkDir(config.work_dir).best_config
+    if not path.is_file():
+        return config
+    tuned = yaml.safe_load(path.read_text()).get("train", {})
+    log.info("using tuned hyperparameters from %s: %s", path, tuned)
+    return config.model_copy(update={"train": config.train.model_copy(update=tuned)})
+
+
+def train_settings(config: JobConfig) -> TrainSettings:
+    fields = TrainSettings.__dataclass_fields__
+    return TrainSettings(**{k: v for k, v in config.train.model_dump().items() if k in fields}, seed=config.seed)
+
+
+def build_network(config: JobConfig) -> IDHNet:
+    m = config.model
+    return build_model(variant=m.variant, in_channels=len(config.data.modalities), num_classes=2, dropout=m.dropout,
+                       trainable_stages=m.trainable_stages, activation_checkpointing=m.activation_checkpointing,
+                       channels_last=m.channels_last, pretrained_2d=m.pretrained_2d)
+
+
+def train_and_track(config: JobConfig, run_name: str, train_ids: list[str], val_ids: list[str],
+                    stop: StopRequest | None = None) -> dict[str, Any]:
+    """Train one model, log every epoch to MLflow, choose the threshold on validation, record it."""
+    work = WorkDir(config.work_dir)
+    run_dir = work.checkpoints(run_name)
+    train_ds, val_ds = ShardDataset(work.index, train_ids), ShardDataset(work.index, val_ids)
+    config_hash = config.section_hash("preprocess", "split", "model", "train")
+    with stage_run(config, run_name) as run:
+        result = train(build_network(config), train_ds, val_ds, train_settings(config), run_dir,
+                       on_epoch_end=lambda epoch, metrics: run.log_metrics(_numeric(metrics), step=epoch),
+                       config_hash=config_hash, stop=stop)
+        selection = _selection(config, run_name, result)
+        atomic_write_json(run_dir / SELECTION_FILE, selection)
+        run.log_metrics({"val/best_auc": selection["val_auc"], "val/threshold": selection["threshold"],
+                         "best_epoch": selection["best_epoch"]})
+        run.log_artifact(run_dir / SELECTION_FILE, "selection")
+        run.log_artifact(result.best_checkpoint, "checkpoints")
+    return selection
+
+
+def _selection(config: JobConfig, run_name: str, result: TrainResult) -> dict[str, Any]:
+    best = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
+    threshold = choose_threshold(result.best_val_labels, result.best_val_probs, config.evaluate.threshold)
+    return {"run": run_name, "best_epoch": result.best_epoch, "val_auc": best.get("val/auc", math.nan),
+            "threshold": float(threshold), "threshold_method": config.evaluate.threshold,
+            "checkpoint": str(result.best_checkpoint), "history": result.history,
+            "val": {"patient_ids": result.best_val_patient_ids, "labels": result.best_val_labels,
+                    "probs": result.best_val_probs}}
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"}
+
+
+def _cv_fold(config: JobConfig, fold: int, stop: StopRequest | None = None) -> dict[str, Any]:
+    config = with_best_config(config)
+    split = load_splits(config)["folds"][fold]
+    return train_and_track(config, f"fold-{fold}", split["train"], split["val"], stop)
+
+
+def _fit(config: JobConfig, stop: StopRequest | None = None) -> dict[str, Any]:
+    config = with_best_config(config)
+    split = load_splits(config)["fit"]
+    return train_and_track(config, "fit", split["train"], split["val"], stop)
+
+
+run_cv_fold = TrainingJob(_cv_fold)
+run_fit = TrainingJob(_fit)

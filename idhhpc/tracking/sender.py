@@ -1,0 +1,122 @@
+"""Sends journal operations to MLflow through ``MlflowClient`` (explicit run ids, no global state).
+
+Every operation is safe to send twice: runs carry an ``idhhpc.run_key`` tag that is looked up
+before creating one, metrics keep the timestamp of the original call (the SQL store drops an
+identical metric row), params and tags are rewritten with the same value, artifacts overwrite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from idhhpc.tracking.journal import Operation
+from idhhpc.tracking.uris import local_artifact_location
+
+RUN_KEY_TAG = "idhhpc.run_key"
+_BATCH = 100
+
+
+class UnknownRunKey(KeyError):
+    """An operation names a run whose creation was rejected, so it can never be sent."""
+
+
+class OperationSender:
+    def __init__(self, tracking_uri: str, experiment: str, run_ids: dict[str, str]) -> None:
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.run_ids = run_ids
+        self._experiment_id: str | None = None
+        self._handlers: dict[str, Callable[[Operation], None]] = {
+            "create_run": self._create_run,
+            "log_params": self._log_params,
+            "log_metrics": self._log_metrics,
+            "set_tags": self._set_tags,
+            "log_artifact": self._log_artifact,
+            "end_run": self._end_run,
+        }
+
+    def send(self, op: Operation) -> str | None:
+        """Send one operation; return the run id when it created a run."""
+        self._handlers[op["op"]](op)
+        return self.run_ids.get(op["run"]) if op["op"] == "create_run" else None
+
+    def run_id(self, key: str) -> str:
+        try:
+            return self.run_ids[key]
+        except KeyError:
+            raise UnknownRunKey(f"run key {key!r} has no MLflow run id (its creation failed)") from None
+
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            self._experiment_id = self._get_or_create_experiment()
+        return self._experiment_id
+
+    def _get_or_create_experiment(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self.client.create_experiment(
+                self.experiment, artifact_location=local_artifact_location(self.tracking_uri)
+            )
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.client.get_experiment_by_name(self.experiment).experiment_id
+
+    def _create_run(self, op: Operation) -> None:
+        key = op["run"]
+        if key in self.run_ids:
+            return
+        run_id = self._find_run(key) or self._new_run(op)
+        self.run_ids[key] = run_id
+
+    def _find_run(self, key: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id()], filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1
+        )
+        return runs[0].info.run_id if runs else None
+
+    def _new_run(self, op: Operation) -> str:
+        tags = {**op.get("tags", {}), RUN_KEY_TAG: op["run"], MLFLOW_RUN_NAME: op["name"]}
+        parent = op.get("parent_run_id") or (
+            self.run_id(op["parent_key"]) if op.get("parent_key") else None
+        )
+        if parent:
+            tags[MLFLOW_PARENT_RUN_ID] = parent
+        run = self.client.create_run(
+            self.experiment_id(), start_time=op["time_ms"], tags=tags, run_name=op["name"]
+        )
+        return run.info.run_id
+
+    def _log_params(self, op: Operation) -> None:
+        params = [Param(k, v) for k, v in op["params"].items()]
+        for start in range(0, len(params), _BATCH):
+            self.client.log_batch(self.run_id(op["run"]), params=params[start : start + _BATCH])
+
+    def _log_metrics(self, op: Operation) -> None:
+        metrics = [
+            Metric(k, float(v), op["time_ms"], op.get("step") or 0) for k, v in op["metrics"].items()
+        ]
+        for start in range(0, len(metrics), _BATCH):
+            self.client.log_batch(self.run_id(op["run"]), metrics=metrics[start : start + _BATCH])
+
+    def _set_tags(self, op: Operation) -> None:
+        tags = [RunTag(k, str(v)) for k, v in op["tags"].items()]
+        for start in range(0, len(tags), _BATCH):
+            self.client.log_batch(self.run_id(op["run"]), tags=tags[start : start + _BATCH])
+
+    def _log_artifact(self, op: Operation) -> None:
+        path = Path(op.get("spooled_path") or op["local_path"])
+        log: Any = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
+        log(self.run_id(op["run"]), str(path), op.get("artifact_path"))
+
+    def _end_run(self, op: Operation) -> None:
+        self.client.set_terminated(self.run_id(op["run"]), op["status"], op["time_ms"])

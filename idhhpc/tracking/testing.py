@@ -1,0 +1,109 @@
+"""A real ``mlflow server`` for tests: free port on 127.0.0.1, stoppable and restartable.
+
+Restarting keeps the port and the store, which is how tests simulate a tracking-server outage.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+class MlflowServer:
+    """``mlflow server`` with an SQLite store and proxied artifacts under ``store_dir``."""
+
+    def __init__(self, store_dir: Path, port: int | None = None) -> None:
+        self.store_dir = Path(store_dir).resolve()
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{self.store_dir / 'mlflow.db'}",
+            "--artifacts-destination", str(self.store_dir / "mlartifacts"),
+            "--serve-artifacts", "--host", HOST, "--port", str(self.port), "--workers", "1",
+        ]
+
+    def start(self, timeout_s: float = 90.0) -> "MlflowServer":
+        log = open(self.store_dir / "server.log", "ab")
+        self.process = subprocess.Popen(
+            self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        self._wait_healthy(timeout_s)
+        return self
+
+    def stop(self, hard: bool = False) -> None:
+        """Stop the server's process group; ``hard`` kills it like a crash would."""
+        if self.process is None:
+            return
+        _signal_group(self.process.pid, signal.SIGKILL if hard else signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        _signal_group(self.process.pid, signal.SIGKILL)
+        _wait_port_free(self.port)
+
+    def restart(self, timeout_s: float = 90.0) -> "MlflowServer":
+        self.stop()
+        return self.start(timeout_s)
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.25)
+        self.stop(hard=True)
+        tail = (self.store_dir / "server.log").read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"mlflow server on {self.url} did not answer /health:\n{tail}")
+
+
+def start_mlflow_server(tmp_path: Path, port: int | None = None) -> tuple[str, MlflowServer]:
+    """Start a real tracking server storing under ``tmp_path``; return its URL and handle."""
+    server = MlflowServer(Path(tmp_path), port).start()
+    return server.url, server
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_port_free(port: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex((HOST, port)) != 0:
+                return
+        time.sleep(0.1)

@@ -1,0 +1,328 @@
+"""The training loop: balanced sampling, accumulation, AMP, validation, checkpoints, exact resume.
+
+Everything random is keyed rather than drawn from history: the sample order by (seed, epoch),
+augmentation by (seed, epoch, index, draw), dropout by (seed, epoch, micro-step). So a run
+stopped at any micro-step boundary and resumed from ``last.pt`` replays the same computation
+as a run that never stopped (bitwise on CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from idhhpc.data.augment import AugmentedDataset, make_train_transform
+from idhhpc.train import stopping
+from idhhpc.train.checkpoint import (BEST_NAME, LAST_NAME, TrainProgress, gradient_buffers, is_better,
+                                     load_checkpoint, restore_gradients, save_checkpoint)
+from idhhpc.train.loss import make_loss
+from idhhpc.train.optim import make_optimizer, make_scaler, make_scheduler, resolve_amp, resolve_device
+from idhhpc.train.sampler import make_sampler
+from idhhpc.train.seeding import capture_rng_state, derive_seed, restore_rng_state, seeded_generator
+from idhhpc.train.settings import TrainSettings, higher_is_better
+from idhhpc.train.stopping import StopRequest, TrainingInterrupted
+from idhhpc.train.validation import ValidationResult, autocast_context, validate
+
+DROPOUT_STREAM, LOADER_STREAM, VAL_LOADER_STREAM = 3, 4, 5
+EpochCallback = Callable[[int, dict], None]
+
+
+@dataclass
+class TrainResult:
+    best_checkpoint: Path
+    last_checkpoint: Path
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_val_probs: list[float]
+    best_val_labels: list[int]
+    best_val_patient_ids: list[str]
+
+
+@dataclass
+class _Run:
+    """What stays fixed during one ``train`` call."""
+
+    model: nn.Module
+    train_ds: Dataset
+    val_ds: Dataset
+    labels: list[int]
+    settings: TrainSettings
+    run_dir: Path
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    loss_fn: nn.Module
+    stop: StopRequest
+    config_hash: str
+    on_epoch_end: EpochCallback | None
+    memory_format: torch.memory_format
+
+    @property
+    def micro_steps_per_epoch(self) -> int:
+        return math.ceil(len(self.labels) / self.settings.micro_batch)
+
+
+def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSettings, run_dir: Path,
+          on_epoch_end: EpochCallback | None = None, config_hash: str = "", stop: StopRequest | None = None,
+          restart: bool = False) -> TrainResult:
+    """Train, resuming from ``run_dir/last.pt`` when it exists with the same ``config_hash``.
+
+    ``stop`` (or :func:`idhhpc.train.stopping.request_stop`) makes the loop save ``last.pt``
+    at the next micro-step boundary and raise :class:`TrainingInterrupted`. ``restart=True``
+    ignores an existing ``last.pt`` instead of resuming from it.
+    """
+    run = _prepare_run(model, train_ds, val_ds, settings, Path(run_dir), on_epoch_end, config_hash, stop)
+    progress = TrainProgress() if restart else _resume(run)
+    stopping.register(run.stop)
+    try:
+        while not progress.finished:
+            _train_epoch(run, progress)
+            _finish_epoch(run, progress)
+    finally:
+        stopping.unregister(run.stop)
+    return _result(run, progress)
+
+
+def _prepare_run(model, train_ds, val_ds, settings, run_dir, on_epoch_end, config_hash, stop) -> _Run:
+    device = resolve_device(settings.device)
+    amp_dtype, use_scaler = resolve_amp(settings.amp, device)
+    model.to(device)
+    train_ds = _training_dataset(train_ds, settings)
+    optimizer = make_optimizer(model, settings)
+    labels = _labels_of(train_ds)
+    return _Run(model=model, train_ds=train_ds, val_ds=val_ds, labels=labels, settings=settings, run_dir=run_dir,
+                device=device, amp_dtype=amp_dtype, scaler=make_scaler(use_scaler, device), optimizer=optimizer,
+                scheduler=make_scheduler(optimizer, settings, len(labels)), loss_fn=make_loss(settings).to(device),
+                stop=stop or StopRequest(), config_hash=config_hash, on_epoch_end=on_epoch_end,
+                memory_format=_input_memory_format(model))
+
+
+def _training_dataset(train_ds: Dataset, settings: TrainSettings) -> Dataset:
+    if isinstance(train_ds, AugmentedDataset) or not settings.augment:
+        return train_ds
+    return AugmentedDataset(train_ds, make_train_transform(settings.seed), seed=settings.seed)
+
+
+def _labels_of(dataset: Dataset) -> list[int]:
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        raise TypeError(f"training dataset {type(dataset).__name__} needs a 'labels' property for the balanced sampler")
+    return [int(label) for label in labels]
+
+
+def _input_memory_format(model: nn.Module) -> torch.memory_format:
+    """Feed channels_last_3d inputs to a model whose conv weights are channels_last_3d."""
+    for param in model.parameters():
+        if param.ndim == 5:
+            channels_last = param.is_contiguous(memory_format=torch.channels_last_3d) and not param.is_contiguous()
+            return torch.channels_last_3d if channels_last else torch.contiguous_format
+    return torch.contiguous_format
+
+
+# --- one epoch of training --------------------------------------------------------------------
+
+def _train_epoch(run: _Run, progress: TrainProgress) -> None:
+    if isinstance(run.train_ds, AugmentedDataset):
+        run.train_ds.set_epoch(progress.epoch)
+    batches = _epoch_batches(run, progress.epoch)
+    remaining = batches[progress.micro_step:]
+    _stop_if_requested(run, progress)
+    if not remaining:
+        return
+    run.model.train()
+    for batch in _train_loader(run, progress.epoch, remaining):
+        _micro_step(run, progress, batch)
+        _stop_if_requested(run, progress)
+
+
+def _epoch_batches(run: _Run, epoch: int) -> list[list[tuple[int, int]]]:
+    """The epoch's micro-batches as (dataset index, draw position) keys; a pure function of (seed, epoch)."""
+    order = list(make_sampler(run.labels, run.settings.seed, epoch))
+    keys = [(int(index), draw) for draw, index in enumerate(order)]
+    size = run.settings.micro_batch
+    return [keys[start:start + size] for start in range(0, len(keys), size)]
+
+
+class _DrawKeyed(Dataset):
+    """Passes (index, draw) keys to an AugmentedDataset and the bare index to any other dataset."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.by_draw = isinstance(dataset, AugmentedDataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        return self.dataset[key] if self.by_draw else self.dataset[key[0]]
+
+
+def _train_loader(run: _Run, epoch: int, batches: list[list[tuple[int, int]]]) -> DataLoader:
+    return _loader(run, _DrawKeyed(run.train_ds), dict(batch_sampler=batches),
+                   seeded_generator(run.settings.seed, LOADER_STREAM, epoch))
+
+
+def _loader(run: _Run, dataset: Dataset, batching: dict, generator: torch.Generator) -> DataLoader:
+    """A loader whose worker seeds come from ``generator``, so it never draws from the global RNG."""
+    return DataLoader(dataset, num_workers=run.settings.num_workers, persistent_workers=False,
+                      pin_memory=run.device.type == "cuda", worker_init_fn=_init_worker, generator=generator,
+                      **batching)
+
+
+def _init_worker(worker_id: int) -> None:
+    """Workers share one thread each and ignore the preemption signal: only the trainer saves."""
+    torch.set_num_threads(1)
+    preempt = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+    if preempt is not None:
+        try:
+            signal.signal(preempt, signal.SIG_IGN)
+        except ValueError:
+            pass
+
+
+def _micro_step(run: _Run, progress: TrainProgress, batch: dict) -> None:
+    torch.manual_seed(derive_seed(run.settings.seed, DROPOUT_STREAM, progress.epoch, progress.micro_step))
+    images = batch["image"].to(run.device, non_blocking=True, memory_format=run.memory_format)
+    targets = torch.as_tensor(batch["label"], dtype=torch.long).to(run.device, non_blocking=True)
+    with autocast_context(run.device, run.amp_dtype):
+        logits = run.model(images)
+    loss = run.loss_fn(logits.float(), targets)
+    scaled = loss / _window_size(progress.micro_step, run.settings.accumulate, run.micro_steps_per_epoch)
+    (run.scaler.scale(scaled) if run.scaler else scaled).backward()
+    progress.loss_sum += float(loss.detach())
+    progress.loss_count += 1
+    progress.micro_step += 1
+    if progress.micro_step % run.settings.accumulate == 0 or progress.micro_step == run.micro_steps_per_epoch:
+        progress.last_step_lr = _optimizer_step(run)
+        progress.optimizer_step += 1
+        every = run.settings.checkpoint_every_steps
+        if every and progress.optimizer_step % every == 0:
+            _save_last(run, progress)
+
+
+def _window_size(micro_step: int, accumulate: int, micro_steps_per_epoch: int) -> int:
+    """Micro-batches in the accumulation window holding ``micro_step``: the last one may be short."""
+    window_start = (micro_step // accumulate) * accumulate
+    return min(accumulate, micro_steps_per_epoch - window_start)
+
+
+def _optimizer_step(run: _Run) -> float:
+    """Step with the accumulated window's mean gradient; returns the learning rate it used."""
+    used_lr = float(run.optimizer.param_groups[0]["lr"])
+    if run.scaler:
+        run.scaler.unscale_(run.optimizer)
+    if run.settings.grad_clip:
+        params = [p for group in run.optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, run.settings.grad_clip)
+    if run.scaler:
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+    else:
+        run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    return used_lr
+
+
+def _stop_if_requested(run: _Run, progress: TrainProgress) -> None:
+    global_micro_step = progress.epoch * run.micro_steps_per_epoch + progress.micro_step
+    if run.stop.should_stop(global_micro_step):
+        path = _save_last(run, progress)
+        raise TrainingInterrupted(path, progress.epoch, progress.micro_step)
+
+
+# --- end of epoch: validation, model selection, early stopping -------------------------------
+
+def _finish_epoch(run: _Run, progress: TrainProgress) -> None:
+    val = _validate(run, progress.epoch)
+    metrics = _epoch_metrics(run, progress, val)
+    progress.history.append(metrics)
+    _update_best(run, progress, metrics, val)
+    progress.finished = (progress.epoch + 1 >= run.settings.epochs
+                         or progress.epochs_without_improvement >= run.settings.patience)
+    progress.epoch += 1
+    progress.micro_step, progress.loss_sum, progress.loss_count = 0, 0.0, 0
+    _save_last(run, progress)
+    if run.on_epoch_end is not None:
+        run.on_epoch_end(metrics["epoch"], dict(metrics))
+
+
+def _validate(run: _Run, epoch: int) -> ValidationResult:
+    batching = dict(batch_size=run.settings.micro_batch, shuffle=False)
+    loader = _loader(run, run.val_ds, batching, seeded_generator(run.settings.seed, VAL_LOADER_STREAM, epoch))
+    return validate(run.model, loader, run.loss_fn, run.device, run.amp_dtype, run.memory_format)
+
+
+def _epoch_metrics(run: _Run, progress: TrainProgress, val: ValidationResult) -> dict[str, Any]:
+    return {
+        "epoch": progress.epoch,
+        "train/loss": progress.loss_sum / max(progress.loss_count, 1),
+        "val/loss": val.loss,
+        "val/auc": val.auc,
+        "lr": progress.last_step_lr,
+        "optimizer_step": progress.optimizer_step,
+    }
+
+
+def _update_best(run: _Run, progress: TrainProgress, metrics: dict, val: ValidationResult) -> None:
+    name = run.settings.select_metric
+    if name not in metrics:
+        raise KeyError(f"TrainSettings.select_metric {name!r} is not an epoch metric; choose one of {sorted(metrics)}")
+    value = float(metrics[name])
+    if not is_better(value, progress.best_metric, higher_is_better(name)):
+        progress.epochs_without_improvement += 1
+        return
+    progress.best_metric, progress.best_epoch, progress.epochs_without_improvement = value, progress.epoch, 0
+    progress.best_val = {"probs": val.probs, "labels": val.labels, "patient_ids": val.patient_ids}
+    save_checkpoint(run.run_dir / BEST_NAME, {
+        "model": run.model.state_dict(), "epoch": progress.epoch, "metrics": dict(metrics),
+        "config_hash": run.config_hash, "settings": run.settings.to_dict(), "best_val": progress.best_val,
+    })
+
+
+# --- checkpoint save / restore -----------------------------------------------------------------
+
+def _save_last(run: _Run, progress: TrainProgress) -> Path:
+    return save_checkpoint(run.run_dir / LAST_NAME, {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler else {},
+        "gradients": gradient_buffers(run.model),
+        "rng": capture_rng_state(),
+        "progress": progress.to_dict(),
+        "config_hash": run.config_hash,
+        "settings": run.settings.to_dict(),
+    })
+
+
+def _resume(run: _Run) -> TrainProgress:
+    path = run.run_dir / LAST_NAME
+    if not path.exists():
+        return TrainProgress()
+    state = load_checkpoint(path)
+    if state["config_hash"] != run.config_hash:
+        raise ValueError(f"{path} belongs to config {state['config_hash']!r}, not {run.config_hash!r}: "
+                         "use another run_dir, delete the file, or pass restart=True to start afresh")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    if run.scaler and state["scaler"]:
+        run.scaler.load_state_dict(state["scaler"])
+    restore_gradients(run.model, state["gradients"])
+    restore_rng_state(state["rng"])
+    return TrainProgress.from_dict(state["progress"])
+
+
+def _result(run: _Run, progress: TrainProgress) -> TrainResult:
+    return TrainResult(best_checkpoint=run.run_dir / BEST_NAME, last_checkpoint=run.run_dir / LAST_NAME,
+                       history=progress.history, best_epoch=progress.best_epoch,
+                       best_val_probs=progress.best_val["probs"], best_val_labels=progress.best_val["labels"],
+                       best_val_patient_ids=progress.best_val["patient_ids"])

@@ -1,0 +1,56 @@
+"""Validation pass: softmax probabilities of the mutant class, loss and ROC AUC."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+@dataclass
+class ValidationResult:
+    loss: float
+    auc: float
+    probs: list[float]
+    labels: list[int]
+    patient_ids: list[str]
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def roc_auc_or_nan(labels: list[int], probs: list[float]) -> float:
+    """ROC AUC, or NaN when the labels hold one class only (AUC is undefined there)."""
+    if len(set(labels)) < 2:
+        return math.nan
+    return float(roc_auc_score(labels, probs))
+
+
+@torch.no_grad()
+def validate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: torch.device,
+             amp_dtype: torch.dtype | None, memory_format: torch.memory_format = torch.contiguous_format) -> ValidationResult:
+    model.eval()
+    loss_total, count = 0.0, 0
+    probs, labels, patient_ids = [], [], []
+    for batch in loader:
+        images = batch["image"].to(device, memory_format=memory_format)
+        targets = torch.as_tensor(batch["label"], dtype=torch.long, device=device)
+        with autocast_context(device, amp_dtype):
+            logits = model(images)
+        logits = logits.float()
+        loss_total += float(loss_fn(logits, targets)) * len(targets)
+        count += len(targets)
+        probs += torch.softmax(logits, dim=1)[:, 1].cpu().tolist()
+        labels += targets.cpu().tolist()
+        patient_ids += list(batch["patient_id"])
+    if count == 0:
+        raise ValueError("validate: the validation set is empty")
+    return ValidationResult(loss_total / count, roc_auc_or_nan(labels, probs), probs, labels, patient_ids)
