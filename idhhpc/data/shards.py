@@ -192,7 +192,8 @@ def _checked_sidecar(shards_dir: Path, shard_index: int, shash: str) -> dict[str
     if sidecar is None:
         raise ShardError(f"shard {name}: sidecar {name}.json missing or unreadable; rerun preprocess")
     if sidecar.get("settings_hash") != shash:
-        raise ShardError(f"shard {name}: stale, built with settings hash {sidecar.get('settings_hash')}, expected {shash}")
+        raise ShardError(f"shard {name}: stale, built with settings hash {sidecar.get('settings_hash')}, "
+                         f"expected {shash}")
     h5_path = shards_dir / sidecar["shard"]
     if not h5_path.is_file() or sha256_file(h5_path) != sidecar["sha256"]:
         raise ShardError(f"shard {name}: {h5_path} missing or its sha256 differs from the sidecar (corrupt)")

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import logging
 import math
+from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from idhhpc.config import JobConfig
 from idhhpc.data.dataset import ShardDataset
 from idhhpc.evaluate.thresholds import choose_threshold
-from idhhpc.io import atomic_write_json
+from idhhpc.io import atomic_path, atomic_write_json
 from idhhpc.model.network import IDHNet, build_model
 from idhhpc.stages.split import load_splits
 from idhhpc.stages.track import stage_run
+from idhhpc.train.checkpoint import load_checkpoint
 from idhhpc.train.preemption import TrainingJob
 from idhhpc.train.settings import TrainSettings
 from idhhpc.train.stopping import StopRequest
@@ -28,6 +31,7 @@ from idhhpc.workdir import WorkDir
 log = logging.getLogger(__name__)
 
 SELECTION_FILE = "selection.json"
+MODEL_FILE = "model.pt"
 
 
 def with_best_config(config: JobConfig) -> JobConfig:
@@ -65,10 +69,11 @@ def train_and_track(config: JobConfig, run_name: str, train_ids: list[str], val_
                        config_hash=config_hash, stop=stop)
         selection = _selection(config, run_name, result)
         atomic_write_json(run_dir / SELECTION_FILE, selection)
+        export_model(config, result, selection, run_dir / MODEL_FILE)
         run.log_metrics({"val/best_auc": selection["val_auc"], "val/threshold": selection["threshold"],
                          "best_epoch": selection["best_epoch"]})
         run.log_artifact(run_dir / SELECTION_FILE, "selection")
-        run.log_artifact(result.best_checkpoint, "checkpoints")
+        run.log_artifact(run_dir / MODEL_FILE, "model")
     return selection
 
 
@@ -80,6 +85,19 @@ def _selection(config: JobConfig, run_name: str, result: TrainResult) -> dict[st
             "checkpoint": str(result.best_checkpoint), "history": result.history,
             "val": {"patient_ids": result.best_val_patient_ids, "labels": result.best_val_labels,
                     "probs": result.best_val_probs}}
+
+
+def export_model(config: JobConfig, result: TrainResult, selection: dict[str, Any], path: Path) -> Path:
+    """The deployable model: best weights plus everything ``predict`` needs to treat a new
+    patient exactly as training did (job config, modalities, threshold chosen on validation).
+    Plain tensors and strings only, so it loads with ``torch.load(..., weights_only=True)``."""
+    weights = load_checkpoint(result.best_checkpoint)["model"]
+    payload = {"format": "idhhpc-model", "version": 1, "model": weights, "config": config.model_dump_json(),
+               "threshold": selection["threshold"], "threshold_method": selection["threshold_method"],
+               "val_auc": selection["val_auc"], "run": selection["run"]}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:

@@ -12,8 +12,9 @@ from idhhpc.train.seeding import seeded_generator
 SAMPLER_STREAM = 1
 
 
-def make_sampler(labels: Sequence[int], seed: int, epoch: int) -> WeightedRandomSampler:
-    """Draw ``len(labels)`` indices with replacement, each class equally likely in expectation.
+def make_sampler(labels: Sequence[int], seed: int, epoch: int, num_samples: int | None = None) -> WeightedRandomSampler:
+    """Draw ``num_samples`` (default ``len(labels)``) indices with replacement, each class equally
+    likely in expectation.
 
     The generator is seeded from (seed, epoch), never from the global RNG, so a resumed run
     replays exactly the order an uninterrupted run would have drawn.
@@ -24,4 +25,4 @@ def make_sampler(labels: Sequence[int], seed: int, epoch: int) -> WeightedRandom
     counts = torch.bincount(labels_t)
     weights = 1.0 / counts[labels_t].double()
     generator = seeded_generator(seed, SAMPLER_STREAM, epoch)
-    return WeightedRandomSampler(weights, num_samples=len(labels_t), replacement=True, generator=generator)
+    return WeightedRandomSampler(weights, num_samples=num_samples or len(labels_t), replacement=True, generator=generator)

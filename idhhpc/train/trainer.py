@@ -147,7 +147,11 @@ def _train_epoch(run: _Run, progress: TrainProgress) -> None:
 
 def _epoch_batches(run: _Run, epoch: int) -> list[list[tuple[int, int]]]:
     """The epoch's micro-batches as (dataset index, draw position) keys; a pure function of (seed, epoch)."""
-    order = list(make_sampler(run.labels, run.settings.seed, epoch))
+    # Every micro-batch is full: a trailing batch of one sample breaks BatchNorm in training
+    # once the feature map has shrunk to a single voxel, and with replacement an epoch's
+    # length is a convention anyway.
+    draws = run.micro_steps_per_epoch * run.settings.micro_batch
+    order = list(make_sampler(run.labels, run.settings.seed, epoch, num_samples=draws))
     keys = [(int(index), draw) for draw, index in enumerate(order)]
     size = run.settings.micro_batch
     return [keys[start:start + size] for start in range(0, len(keys), size)]

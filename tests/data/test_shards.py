@@ -101,18 +101,28 @@ def test_merge_index_detects_corrupt_missing_stale_and_duplicates(tmp_path):
 
 
 BUILD_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, sys, time
     from pathlib import Path
+    import idhhpc.data.shards as shards
     from idhhpc.data.cases import CaseFiles
     from idhhpc.data.preprocess import PreprocessSettings
-    from idhhpc.data.shards import build_shard
+
+    def announce_then_stall(name, original):
+        def wrapped(*args, **kwargs):
+            print(name, flush=True)
+            time.sleep(0.3)
+            return original(*args, **kwargs)
+        return wrapped
+
+    # stall inside preprocessing, or inside the open temporary .h5 (mid-write)
+    shards.preprocess_case = announce_then_stall("preprocess", shards.preprocess_case)
+    shards._write_geometry = announce_then_stall("write", shards._write_geometry)
     plan = json.loads(Path(sys.argv[1]).read_text())
     for i, shard in enumerate(plan["shards"]):
         cases = [CaseFiles(c["pid"], c["label"], {k: Path(v) for k, v in c["images"].items()},
                            Path(c["brain"]), Path(c["tumor"])) for c in shard]
-        print("start", i, flush=True)
-        build_shard(i, cases, Path(plan["out"]), PreprocessSettings(size=16), plan["modalities"])
-    print("done", flush=True)
+        print("shard", i, flush=True)
+        shards.build_shard(i, cases, Path(plan["out"]), PreprocessSettings(size=16), plan["modalities"])
 """)
 
 
@@ -123,24 +133,49 @@ def _plan(cases, shards_dir, per_shard):
     return {"shards": as_json, "out": str(shards_dir), "modalities": MODALITIES}, groups
 
 
-def test_killed_build_leaves_nothing_trusted_and_resumes(tmp_path):
+def _run_until(plan_path: Path, shard: int, stage: str) -> None:
+    """Start a shard build in a subprocess and SIGKILL it once ``shard`` reaches ``stage``."""
+    proc = subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, str(plan_path)], stdout=subprocess.PIPE, text=True)
+    current = None
+    while line := proc.stdout.readline():
+        words = line.split()
+        current = int(words[1]) if words[0] == "shard" else current
+        if current == shard and words[0] == stage:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("stage", ["preprocess", "write"])
+def test_killed_build_leaves_nothing_trusted_and_resumes(tmp_path, stage):
     cases = [write_case(tmp_path / "raw", f"UCSF-PDGM-{k:04d}", seed=k, label=k % 2) for k in range(6)]
     shards = tmp_path / "shards"
     plan, groups = _plan(cases, shards, per_shard=2)
     (tmp_path / "plan.json").write_text(json.dumps(plan))
-    proc = subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, str(tmp_path / "plan.json")],
-                            stdout=subprocess.PIPE, text=True)
-    while (line := proc.stdout.readline()) and line.strip() != "start 1":
-        pass
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    with pytest.raises(ShardError):
+    _run_until(tmp_path / "plan.json", shard=1, stage=stage)
+    assert not (shards / "shard-00001.h5").exists() and not (shards / "shard-00001.json").exists()
+    if stage == "write":
+        assert list(shards.glob(".shard-00001.h5.*.tmp")), "the kill should land mid-write"
+    with pytest.raises(ShardError, match="shard-00001"):
         merge_index(shards, 3, HASH)
     reports = [build_shard(i, g, shards, SETTINGS, MODALITIES) for i, g in enumerate(groups)]
-    assert reports[0].status == "skipped" and reports[2].status == "written"
+    assert [r.status for r in reports] == ["skipped", "written", "written"]
     index = merge_index(shards, 3, HASH)
     assert sorted(index["patients"]) == [c.patient_id for c in cases]
     assert not list(shards.glob(".*.tmp"))
     fresh = preprocess_case(cases[3], SETTINGS)
     np.testing.assert_array_equal(read_case(shards / "index.json", cases[3].patient_id).image, fresh.image)
+
+
+def test_shard_where_every_patient_is_quarantined(tmp_path):
+    cases = make_cases(tmp_path / "raw", 2)
+    for case in cases:
+        case.images["FLAIR"].unlink()
+    report = build_shard(0, cases, tmp_path / "shards", SETTINGS, MODALITIES)
+    assert report.n_written == 0 and len(report.quarantined) == 2
+    assert all("missing file" in q["reason"] and "FLAIR" in q["reason"] for q in report.quarantined)
+    index = merge_index(tmp_path / "shards", 1, HASH)
+    assert index["patients"] == {} and index["size"] == 16
+    with h5py.File(tmp_path / "shards" / "shard-00000.h5") as h5:
+        assert h5["images"].shape == (0, 4, 16, 16, 16)

@@ -78,3 +78,14 @@ def test_periodic_mid_epoch_checkpoint_resumes_exactly(tmp_path, reference):
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["progress"]["micro_step"] == 3 and state["progress"]["optimizer_step"] == 4
     _assert_same_run(_run(tmp_path, every_step, init_seed=11), reference)
+
+
+def test_resume_with_fp16_grad_scaler_is_exact(tmp_path_factory):
+    """fp16 autocast + GradScaler (CPU here): scaler state and scaled mid-window gradients survive resume."""
+    fp16 = dataclasses.replace(SETTINGS, amp="fp16")
+    reference = _run(tmp_path_factory.mktemp("fp16-reference"), fp16)
+    run_dir = tmp_path_factory.mktemp("fp16-resumed")
+    with pytest.raises(TrainingInterrupted):
+        _run(run_dir, fp16, stop=StopRequest(at_micro_step=3))
+    assert torch.load(run_dir / "last.pt", weights_only=True)["scaler"]["scale"] > 0
+    _assert_same_run(_run(run_dir, fp16, init_seed=4), reference)

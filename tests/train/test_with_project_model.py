@@ -27,8 +27,8 @@ def test_efficientnet_b0_resumes_bitwise_after_mid_window_stop(tmp_path):
         _run(tmp_path / "resumed", stop=StopRequest(at_micro_step=1))
     resumed = _run(tmp_path / "resumed", init_seed=5)
     assert resumed.history == reference.history
-    ref = torch.load(reference.last_checkpoint, weights_only=True)["model"]
-    got = torch.load(resumed.last_checkpoint, weights_only=True)["model"]
+    ref = torch.load(reference.last_checkpoint, map_location="cpu", weights_only=True)["model"]
+    got = torch.load(resumed.last_checkpoint, map_location="cpu", weights_only=True)["model"]
     assert all(torch.equal(ref[k], got[k]) for k in ref)
     torch.manual_seed(0)
     initial = model_module.build_model("b0", in_channels=4, trainable_stages=1).state_dict()
