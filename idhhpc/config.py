@@ -89,6 +89,8 @@ class ModelConfig(Section):
     pretrained_2d: Path | None = None
     activation_checkpointing: bool = False
     channels_last: bool = False
+    bn_momentum: float = Field(0.1, gt=0, le=1)
+    calibration_samples: int = Field(32, ge=0)
 
 
 class TrainConfig(Section):

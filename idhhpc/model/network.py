@@ -153,11 +153,18 @@ def build_model(
     activation_checkpointing: bool = False,
     channels_last: bool = False,
     pretrained_2d: str | Path | None = None,
+    bn_momentum: float = 0.1,
 ) -> IDHNet:
-    """Build the 3D classifier; ``pretrained_2d`` names a local 2D MONAI state dict to inflate."""
+    """Build the 3D classifier; ``pretrained_2d`` names a local 2D MONAI state dict to inflate.
+
+    ``bn_momentum`` defaults to PyTorch's 0.1 rather than TensorFlow's 0.01 (MONAI's default):
+    a fine-tuning run on a few hundred volumes makes too few steps for 0.01 to track the
+    trainable stages' statistics, and validation then sees stale ones.
+    """
     name = variant_name(variant)
     net = EfficientNetBN(
-        name, pretrained=False, spatial_dims=3, in_channels=in_channels, num_classes=num_classes
+        name, pretrained=False, spatial_dims=3, in_channels=in_channels, num_classes=num_classes,
+        norm=("batch", {"eps": 1e-3, "momentum": bn_momentum}),
     )
     net._dropout = nn.Dropout(dropout)
     model = IDHNet(net, name, trainable_stages, activation_checkpointing, channels_last)

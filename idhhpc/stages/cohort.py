@@ -66,11 +66,22 @@ def reason_kind(reason: str) -> str:
     return text[:60]
 
 
+PHANTOM_SPEC_FILE = "phantom-spec.json"
+
+
 def ensure_phantom_cohort(config: JobConfig) -> None:
-    """Generate the configured phantom cohort into ``data.root`` once, atomically."""
+    """Generate the configured phantom cohort into ``data.root``, atomically, unless the folder
+    already holds a cohort made from the same spec (a changed spec regenerates it)."""
     spec, root = config.data.phantom, config.data.root
-    if spec is None or (root.is_dir() and any(root.glob("UCSF-PDGM-metadata*.csv"))):
+    if spec is None:
         return
+    wanted = spec.model_dump_json()
+    marker = root / PHANTOM_SPEC_FILE
+    if marker.is_file() and marker.read_text() == wanted:
+        return
+    if root.is_dir() and not marker.is_file() and any(root.iterdir()):
+        raise FileExistsError(f"{root}: data.phantom is set but this folder holds other data; "
+                              "point data.root elsewhere or remove data.phantom")
     from idhhpc.data.phantoms import generate_cohort
 
     log.info("generating a phantom cohort of %d patients in %s", spec.patients, root)
@@ -79,6 +90,7 @@ def ensure_phantom_cohort(config: JobConfig) -> None:
     try:
         generate_cohort(staging, spec.patients, seed=spec.seed, shape=tuple(spec.shape), crossover=spec.crossover,
                         mutant_fraction=spec.mutant_fraction)
+        (staging / PHANTOM_SPEC_FILE).write_text(wanted)
         if root.exists():
             shutil.rmtree(root)
         staging.rename(root)

@@ -1,0 +1,45 @@
+"""The cohort stage: phantom generation on demand, manifest and quarantine, the minimum-size guard."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from idhhpc.config import load_job
+from idhhpc.stages.cohort import TooFewPatients, run_cohort
+
+
+def job(tmp_path, *overrides):
+    return load_job(None, [f"work_dir={tmp_path / 'work'}", f"data.root={tmp_path / 'cohort'}",
+                           "data.phantom.patients=20", "data.phantom.shape=[24,24,16]", "data.min_patients=4",
+                           *overrides])
+
+
+def test_generates_phantoms_once_and_writes_manifest_and_quarantine(tmp_path):
+    summary = run_cohort(job(tmp_path))
+    assert summary.included == 20 and summary.mutant >= 1 and summary.wildtype >= 1
+    rows = list(csv.DictReader(open(tmp_path / "work" / "cohort" / "manifest.csv")))
+    assert len(rows) == 20 and all(row["flair"].endswith("_FLAIR.nii.gz") for row in rows)
+    quarantined = list(csv.DictReader(open(tmp_path / "work" / "cohort" / "quarantine.csv")))
+    assert quarantined and all(row["reason"] for row in quarantined)
+    stamp = (tmp_path / "cohort" / "UCSF-PDGM-metadata_v2.csv").stat().st_mtime_ns
+    run_cohort(job(tmp_path))
+    assert (tmp_path / "cohort" / "UCSF-PDGM-metadata_v2.csv").stat().st_mtime_ns == stamp
+
+
+def test_changed_phantom_spec_regenerates(tmp_path):
+    run_cohort(job(tmp_path))
+    assert run_cohort(job(tmp_path, "data.phantom.patients=21")).included == 21
+
+
+def test_refuses_to_overwrite_real_data_with_phantoms(tmp_path):
+    (tmp_path / "cohort").mkdir()
+    (tmp_path / "cohort" / "precious.txt").write_text("real data")
+    with pytest.raises(FileExistsError, match="holds other data"):
+        run_cohort(job(tmp_path))
+
+
+def test_too_few_patients_fails_with_the_summary(tmp_path):
+    with pytest.raises(TooFewPatients, match="only 20 usable patients"):
+        run_cohort(job(tmp_path, "data.min_patients=30"))
