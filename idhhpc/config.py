@@ -134,6 +134,7 @@ class TuneConfig(Section):
     folds: int | None = Field(None, ge=2)
     epochs: int | None = Field(None, ge=1)
     searcher: Literal["optuna", "random"] = "optuna"
+    scheduler: Literal["asha", "fifo"] = "asha"
     grace_period: int = Field(1, ge=1)
     reduction_factor: int = Field(2, ge=2)
     cpus_per_trial: float = Field(1.0, gt=0)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from idhhpc.config import STAGES, ConfigError, JobConfig, load_job, save_resolved
-from idhhpc.hpc.executors import SlurmNotAvailable, sbatch_preview
+from idhhpc.hpc.executors import SlurmNotAvailable, require_sbatch, sbatch_preview
 from idhhpc.hpc.pipeline import Step, build_steps
 from idhhpc.hpc.runner import StageFailed, format_table, run_locally, submit_to_slurm
 from idhhpc.workdir import WorkDir
@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="override any job key, e.g. --set train.epochs=5 (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the planned jobs; submit nothing")
     parser.add_argument("--wait", action="store_true", help="on Slurm, wait for the chain to finish")
+    parser.add_argument("--rerun", action="store_true",
+                        help="run every stage even when its outputs verify (default: skip verified leading stages)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -63,19 +65,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def launch(steps: list[Step], config: JobConfig, args: argparse.Namespace) -> int:
+    from idhhpc.hpc.verify import plan_skips, previous_config
     from idhhpc.stages.track import open_launch_run
 
+    if config.hpc.executor == "slurm":
+        require_sbatch()
     work = WorkDir(config.work_dir)
     work.root.mkdir(parents=True, exist_ok=True)
+    skip = set() if args.rerun else plan_skips(steps, config, previous_config(config))
+    if skip:
+        log.info("skipping stages whose outputs verify: %s (--rerun to run them)", ", ".join(sorted(skip)))
     config = open_launch_run(config)
     save_resolved(config, work.resolved_config)
     folder = work.launches / time.strftime("%Y%m%d-%H%M%S")
     if config.hpc.executor == "slurm":
-        records, jobs = submit_to_slurm(steps, config, folder)
+        records, _ = submit_to_slurm(steps, config, folder, skip)
         print(format_table(records))
         print(_where(config))
-        return _wait_for(jobs) if args.wait else 0
-    records = run_locally(steps, config, config.hpc.executor, folder, progress=not args.quiet)
+        return _wait_for(records, config) if args.wait else 0
+    records = run_locally(steps, config, config.hpc.executor, folder, progress=not args.quiet, skip=skip)
     print(format_table(records))
     print(_where(config))
     return 0
@@ -90,16 +98,17 @@ def _where(config: JobConfig) -> str:
     return "\n".join(lines)
 
 
-def _wait_for(jobs: list) -> int:
-    failed = []
-    for job in jobs:
-        try:
-            job.result()
-        except Exception as err:  # submitit raises several types for failed or cancelled jobs
-            failed.append(f"{job.job_id}: {str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__}")
-    for line in failed:
-        print(f"failed: {line}", file=sys.stderr)
-    return 1 if failed else 0
+def _wait_for(records: list, config: JobConfig) -> int:
+    """Follow the chain to its end; name the stage that failed and the stages Slurm cancelled."""
+    from idhhpc.hpc.chain import wait_for_chain
+
+    outcome = wait_for_chain(records, config)
+    print(format_table(records))
+    if not outcome.ok:
+        print(outcome.report(), file=sys.stderr)
+    elif (WorkDir(config.work_dir).reports / "report.md").is_file():
+        print(f"report:   {WorkDir(config.work_dir).reports / 'report.md'}")
+    return 0 if outcome.ok else 1
 
 
 def describe_plan(steps: list[Step], config: JobConfig) -> str:

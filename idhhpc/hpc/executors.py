@@ -17,11 +17,17 @@ class SlurmNotAvailable(RuntimeError):
     """No ``sbatch`` here: tell the user how to run on this machine instead."""
 
 
-def make_executor(kind: ExecutorKind, folder: Path, resources: Resources, job_name: str,
-                  dependency: str | None = None) -> submitit.Executor:
-    if kind == "slurm" and shutil.which("sbatch") is None:
+def require_sbatch() -> None:
+    """Fail before anything is created when Slurm's client is missing, with the way out."""
+    if shutil.which("sbatch") is None:
         raise SlurmNotAvailable("sbatch is not on PATH: this machine is not a Slurm login node. "
                                 "Run with --executor local (subprocesses) or --executor debug (in-process).")
+
+
+def make_executor(kind: ExecutorKind, folder: Path, resources: Resources, job_name: str,
+                  dependency: str | None = None) -> submitit.Executor:
+    if kind == "slurm":
+        require_sbatch()
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=kind, slurm_max_num_timeout=resources.max_timeouts)
     executor.update_parameters(name=job_name, timeout_min=resources.time_min, **_slurm_parameters(resources, dependency))
     return executor

@@ -43,7 +43,7 @@ def _folds(config: JobConfig) -> list[tuple]:
 _CATALOGUE: dict[str, list[tuple[str, str, Callable[[JobConfig], list[tuple]]]]] = {
     "cohort": [("cohort", "idhhpc.stages.cohort:run_cohort", _single)],
     "preprocess": [
-        ("preprocess", "idhhpc.stages.preprocess:run_preprocess_shard", _shards),
+        ("preprocess", "idhhpc.hpc.guards:preprocess_shard", _shards),
         ("preprocess-merge", "idhhpc.stages.preprocess:run_merge_index", _single),
     ],
     "split": [("split", "idhhpc.stages.split:run_split", _single)],

@@ -17,10 +17,13 @@ import submitit
 from tqdm import tqdm
 
 from idhhpc.config import JobConfig
-from idhhpc.hpc.executors import make_executor
+from idhhpc.hpc.executors import make_executor, require_sbatch
+from idhhpc.hpc.failures import describe_failure
 from idhhpc.hpc.pipeline import Step
 
 log = logging.getLogger(__name__)
+
+SKIPPED = "SKIPPED"
 
 
 class StageFailed(RuntimeError):
@@ -35,13 +38,19 @@ class StepRecord:
     state: str = "PENDING"
     seconds: float = 0.0
     results: list[Any] = field(default_factory=list)
+    jobs: list[Any] = field(default_factory=list, repr=False)
 
 
-def run_locally(steps: list[Step], config: JobConfig, kind: str, folder: Path, progress: bool = True) -> list[StepRecord]:
+def run_locally(steps: list[Step], config: JobConfig, kind: str, folder: Path, progress: bool = True,
+                skip: set[str] | frozenset[str] = frozenset()) -> list[StepRecord]:
+    """Run the steps one after another; steps named in ``skip`` are recorded as SKIPPED."""
     records = []
     for step in steps:
         record = StepRecord(step.name)
         records.append(record)
+        if step.name in skip:
+            record.state = SKIPPED
+            continue
         start = time.monotonic()
         tasks = step.tasks(config)
         executor = make_executor(kind, folder, config.hpc.for_stage(step.stage), f"idhhpc-{step.name}")
@@ -64,7 +73,7 @@ def _run_throttled(executor: submitit.Executor, step: Step, config: JobConfig, t
         finished = [(p, j) for p, j in running if _is_done(j)]
         for position, job in finished:
             running.remove((position, job))
-            results[position] = _result_or_raise(step, job, record)
+            results[position] = _result_or_raise(step, job, record, config)
             bar.update(1)
         if running and not finished:
             time.sleep(0.2)
@@ -76,36 +85,37 @@ def _is_done(job: submitit.Job) -> bool:
     return isinstance(job, submitit.DebugJob) or job.done()
 
 
-def _result_or_raise(step: Step, job: submitit.Job, record: StepRecord) -> Any:
+def _result_or_raise(step: Step, job: submitit.Job, record: StepRecord, config: JobConfig) -> Any:
+    """The job's result, or StageFailed with the stage, the error and what to do about it.
+
+    A debug job is asked for its exception first: its ``result()`` opens pdb on failure,
+    which would hang a launch that nobody is watching.
+    """
     try:
-        return job.result()
+        error = job.exception() if isinstance(job, submitit.DebugJob) else None
+        if error is None:
+            return job.results()[0]  # rank 0's result; ``result()`` refuses multi-task (DDP) jobs
     except Exception as err:
-        record.state = "FAILED"
-        raise StageFailed(f"stage {step.name} failed (job {job.job_id}):\n{_error_text(err)}\n{log_tail(job)}") from err
+        error = err
+    record.state = "FAILED"
+    stderr = getattr(job.paths, "stderr", None)
+    raise StageFailed(describe_failure(step.name, str(job.job_id), error, config, stderr)) from error
 
 
-def _error_text(err: Exception, lines: int = 25) -> str:
-    """The exception as the job raised it; submitit wraps remote ones with their traceback."""
-    text = [line for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
-    return "\n".join(text[-lines:])
-
-
-def log_tail(job: submitit.Job, lines: int = 15) -> str:
-    """The end of a job's stderr, where Python tracebacks and Slurm errors land."""
-    try:
-        text = Path(job.paths.stderr).read_text(errors="replace")
-    except (OSError, AttributeError):
-        return ""
-    tail = text.strip().splitlines()[-lines:]
-    return f"--- tail of {job.paths.stderr}\n" + "\n".join(tail) if tail else ""
-
-
-def submit_to_slurm(steps: list[Step], config: JobConfig, folder: Path) -> tuple[list[StepRecord], list[submitit.Job]]:
-    """Submit every step at once, each depending on its predecessor with ``afterok``."""
+def submit_to_slurm(steps: list[Step], config: JobConfig, folder: Path,
+                    skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[StepRecord], list[submitit.Job]]:
+    """Submit every step not in ``skip`` at once, each depending on its nearest submitted
+    predecessors with ``afterok`` (and ``kill_on_invalid_dep``, so a failure cancels its dependents)."""
+    require_sbatch()
     records, jobs_by_step, all_jobs = [], {}, []
+    after = {step.name: step.after for step in steps}
     for step in steps:
-        dependency = _dependency(step, jobs_by_step)
-        executor = make_executor("slurm", folder, config.hpc.for_stage(step.stage), f"idhhpc-{step.name}", dependency)
+        if step.name in skip:
+            records.append(StepRecord(step.name, state=SKIPPED))
+            continue
+        dependency = _dependency(_submitted_ancestors(step.name, after, jobs_by_step), jobs_by_step)
+        resources = config.hpc.for_stage(step.stage)
+        executor = make_executor("slurm", folder, resources, f"idhhpc-{step.name}", dependency)
         tasks = step.tasks(config)
         function = step.function()
         if len(tasks) == 1:
@@ -114,12 +124,21 @@ def submit_to_slurm(steps: list[Step], config: JobConfig, folder: Path) -> tuple
             jobs = executor.map_array(function, *zip(*[(config, *args) for args in tasks]))
         jobs_by_step[step.name] = jobs
         all_jobs += jobs
-        records.append(StepRecord(step.name, [j.job_id for j in jobs], [str(j.paths.stdout) for j in jobs], "SUBMITTED"))
+        records.append(StepRecord(step.name, [j.job_id for j in jobs], [str(j.paths.stdout) for j in jobs], "SUBMITTED",
+                                  jobs=jobs))
     return records, all_jobs
 
 
-def _dependency(step: Step, jobs_by_step: dict[str, list[submitit.Job]]) -> str | None:
-    ids = sorted({job.job_id.split("_")[0] for name in step.after for job in jobs_by_step.get(name, [])})
+def _submitted_ancestors(name: str, after: dict[str, tuple[str, ...]], jobs_by_step: dict) -> list[str]:
+    """The closest steps before ``name`` that were submitted, looking through skipped ones."""
+    found: list[str] = []
+    for parent in after.get(name, ()):
+        found += [parent] if parent in jobs_by_step else _submitted_ancestors(parent, after, jobs_by_step)
+    return found
+
+
+def _dependency(parents: list[str], jobs_by_step: dict[str, list[submitit.Job]]) -> str | None:
+    ids = sorted({job.job_id.split("_")[0] for name in parents for job in jobs_by_step.get(name, [])}, key=int)
     return f"afterok:{':'.join(ids)}" if ids else None
 
 

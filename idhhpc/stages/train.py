@@ -2,6 +2,8 @@
 
 Both are submitit ``Checkpointable`` jobs: on Slurm's preemption or time-limit signal the
 trainer saves ``last.pt`` at the next micro-step and the job is requeued, resuming exactly.
+Run with several tasks (``hpc.stages.fit.tasks_per_node`` = GPUs per node, ``nodes``), they
+train data-parallel: every task is a rank, and rank 0 alone talks to MLflow and writes outputs.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ from typing import Any
 
 import torch
 import yaml
+from torch.utils.data import DataLoader, Subset
 
 from idhhpc.config import JobConfig
 from idhhpc.data.dataset import ShardDataset
 from idhhpc.evaluate.thresholds import choose_threshold
 from idhhpc.io import atomic_path, atomic_write_json
+from idhhpc.model.calibrate import calibrate_batchnorm
 from idhhpc.model.network import IDHNet, build_model
 from idhhpc.stages.split import load_splits
 from idhhpc.stages.track import stage_run
+from idhhpc.train import distributed
 from idhhpc.train.checkpoint import load_checkpoint
 from idhhpc.train.preemption import TrainingJob
 from idhhpc.train.settings import TrainSettings
@@ -50,21 +55,45 @@ def train_settings(config: JobConfig) -> TrainSettings:
 
 
 def build_network(config: JobConfig) -> IDHNet:
+    """Initial weights come from ``config.seed`` (without touching the global RNG), so two runs of
+    one config, or a requeued run and an uninterrupted one, start from the same network."""
     m = config.model
-    return build_model(variant=m.variant, in_channels=len(config.data.modalities), num_classes=2, dropout=m.dropout,
-                       trainable_stages=m.trainable_stages, activation_checkpointing=m.activation_checkpointing,
-                       channels_last=m.channels_last, pretrained_2d=m.pretrained_2d)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_model(variant=m.variant, in_channels=len(config.data.modalities), num_classes=2,
+                           dropout=m.dropout, trainable_stages=m.trainable_stages,
+                           activation_checkpointing=m.activation_checkpointing, channels_last=m.channels_last,
+                           pretrained_2d=m.pretrained_2d, bn_momentum=m.bn_momentum)
+
+
+def calibrated_network(config: JobConfig, train_ds: ShardDataset) -> IDHNet:
+    """A new network whose BatchNorm statistics come from the first training volumes, unless
+    ImageNet weights (with their own statistics) were loaded; see ``idhhpc.model.calibrate``."""
+    model = build_network(config)
+    count = min(config.model.calibration_samples, len(train_ds))
+    if config.model.pretrained_2d is None and count:
+        batches = DataLoader(Subset(train_ds, range(count)), batch_size=config.train.micro_batch)
+        calibrate_batchnorm(model, (batch["image"] for batch in batches))
+    return model
 
 
 def train_and_track(config: JobConfig, run_name: str, train_ids: list[str], val_ids: list[str],
                     stop: StopRequest | None = None) -> dict[str, Any]:
-    """Train one model, log every epoch to MLflow, choose the threshold on validation, record it."""
+    """Train one model, log every epoch to MLflow, choose the threshold on validation, record it.
+
+    Under data parallelism the other ranks only train (rank 0 logs, saves and exports) and
+    return an empty dict.
+    """
     work = WorkDir(config.work_dir)
     run_dir = work.checkpoints(run_name)
     train_ds, val_ds = ShardDataset(work.index, train_ids), ShardDataset(work.index, val_ids)
     config_hash = config.section_hash("preprocess", "split", "model", "train")
+    if not distributed.current().is_main:
+        train(calibrated_network(config, train_ds), train_ds, val_ds, train_settings(config), run_dir,
+              config_hash=config_hash, stop=stop)
+        return {}
     with stage_run(config, run_name) as run:
-        result = train(build_network(config), train_ds, val_ds, train_settings(config), run_dir,
+        result = train(calibrated_network(config, train_ds), train_ds, val_ds, train_settings(config), run_dir,
                        on_epoch_end=lambda epoch, metrics: run.log_metrics(_numeric(metrics), step=epoch),
                        config_hash=config_hash, stop=stop)
         selection = _selection(config, run_name, result)
@@ -107,13 +136,15 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
 def _cv_fold(config: JobConfig, fold: int, stop: StopRequest | None = None) -> dict[str, Any]:
     config = with_best_config(config)
     split = load_splits(config)["folds"][fold]
-    return train_and_track(config, f"fold-{fold}", split["train"], split["val"], stop)
+    with distributed.session():
+        return train_and_track(config, f"fold-{fold}", split["train"], split["val"], stop)
 
 
 def _fit(config: JobConfig, stop: StopRequest | None = None) -> dict[str, Any]:
     config = with_best_config(config)
     split = load_splits(config)["fit"]
-    return train_and_track(config, "fit", split["train"], split["val"], stop)
+    with distributed.session():
+        return train_and_track(config, "fit", split["train"], split["val"], stop)
 
 
 run_cv_fold = TrainingJob(_cv_fold)

@@ -7,6 +7,10 @@ the training function in a worker thread and the main thread only waits: the han
 trainer to stop, the trainer saves ``last.pt`` at the next micro-step boundary (a consistent
 state) and ends, and only then does ``checkpoint`` return the resubmission, which resumes from
 ``last.pt``.
+
+In a multi-task (data-parallel) job submitit's handler acts on rank 0 only; the stop request
+reaches the other ranks through the trainer, which agrees on it at every micro-step boundary.
+Those ranks then wait for rank 0's requeue to end them instead of reporting a failure.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, Callable
 
 import submitit
 
+from idhhpc.train.distributed import is_follower_task
 from idhhpc.train.stopping import StopRequest, TrainingInterrupted
 
 
@@ -53,6 +58,8 @@ class TrainingJob(submitit.helpers.Checkpointable):
         self._thread.start()
         while self._thread.is_alive():
             self._thread.join(timeout=0.5)
+        if self.interrupted and is_follower_task():
+            self._wait_for_requeue()
         if "error" in self._outcome:
             raise self._outcome["error"]
         return self._outcome["result"]
@@ -62,6 +69,13 @@ class TrainingJob(submitit.helpers.Checkpointable):
             self._outcome["result"] = self.train_fn(*args, stop=self._stop, **kwargs)
         except BaseException as error:  # handed to the main thread, which re-raises it
             self._outcome["error"] = error
+
+    def _wait_for_requeue(self) -> None:
+        """A follower rank stopped because rank 0 is saving and requeueing the whole job: let the
+        requeue end this task (bounded by ``stop_timeout_s``) rather than race it with an error."""
+        deadline = time.monotonic() + self.stop_timeout_s
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Stop the trainer at a consistent point (it writes ``last.pt``), then resubmit the same call."""

@@ -4,6 +4,11 @@ Everything random is keyed rather than drawn from history: the sample order by (
 augmentation by (seed, epoch, index, draw), dropout by (seed, epoch, micro-step). So a run
 stopped at any micro-step boundary and resumed from ``last.pt`` replays the same computation
 as a run that never stopped (bitwise on CPU).
+
+Under torch.distributed (see :mod:`idhhpc.train.distributed`) the same loop runs on every rank:
+rank ``r`` of ``W`` takes its slice of each global micro-batch of ``W * micro_batch`` samples,
+DDP averages gradients once per accumulation window, validation is split and gathered, stop
+requests are agreed on at every micro-step boundary, and rank 0 alone writes checkpoints.
 """
 
 from __future__ import annotations
@@ -17,15 +22,16 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from idhhpc.data.augment import AugmentedDataset, make_train_transform
-from idhhpc.train import stopping
+from idhhpc.train import distributed, stopping
 from idhhpc.train.checkpoint import (BEST_NAME, LAST_NAME, TrainProgress, gradient_buffers, is_better,
                                      load_checkpoint, restore_gradients, save_checkpoint)
+from idhhpc.train.distributed import Distributed
 from idhhpc.train.loss import make_loss
 from idhhpc.train.optim import make_optimizer, make_scaler, make_scheduler, resolve_amp, resolve_device
-from idhhpc.train.sampler import make_sampler
+from idhhpc.train.sampler import epoch_batches, micro_steps_per_epoch
 from idhhpc.train.seeding import capture_rng_state, derive_seed, restore_rng_state, seeded_generator
 from idhhpc.train.settings import TrainSettings, higher_is_better
 from idhhpc.train.stopping import StopRequest, TrainingInterrupted
@@ -66,10 +72,12 @@ class _Run:
     config_hash: str
     on_epoch_end: EpochCallback | None
     memory_format: torch.memory_format
+    dist: Distributed
+    forward_model: nn.Module
 
     @property
     def micro_steps_per_epoch(self) -> int:
-        return math.ceil(len(self.labels) / self.settings.micro_batch)
+        return micro_steps_per_epoch(len(self.labels), self.settings.micro_batch, self.dist.world_size)
 
 
 def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSettings, run_dir: Path,
@@ -94,17 +102,21 @@ def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainS
 
 
 def _prepare_run(model, train_ds, val_ds, settings, run_dir, on_epoch_end, config_hash, stop) -> _Run:
+    context = distributed.current()
     device = resolve_device(settings.device)
     amp_dtype, use_scaler = resolve_amp(settings.amp, device)
     model.to(device)
+    forward_model = distributed.prepare_model(model, context, device)
     train_ds = _training_dataset(train_ds, settings)
     optimizer = make_optimizer(model, settings)
     labels = _labels_of(train_ds)
+    # ceil(ceil(n / W) / b) == ceil(n / (W * b)): the scheduler counts the steps of the global batch.
+    samples_per_rank = math.ceil(len(labels) / context.world_size)
     return _Run(model=model, train_ds=train_ds, val_ds=val_ds, labels=labels, settings=settings, run_dir=run_dir,
                 device=device, amp_dtype=amp_dtype, scaler=make_scaler(use_scaler, device), optimizer=optimizer,
-                scheduler=make_scheduler(optimizer, settings, len(labels)), loss_fn=make_loss(settings).to(device),
+                scheduler=make_scheduler(optimizer, settings, samples_per_rank), loss_fn=make_loss(settings).to(device),
                 stop=stop or StopRequest(), config_hash=config_hash, on_epoch_end=on_epoch_end,
-                memory_format=_input_memory_format(model))
+                memory_format=_input_memory_format(model), dist=context, forward_model=forward_model)
 
 
 def _training_dataset(train_ds: Dataset, settings: TrainSettings) -> Dataset:
@@ -139,22 +151,16 @@ def _train_epoch(run: _Run, progress: TrainProgress) -> None:
     _stop_if_requested(run, progress)
     if not remaining:
         return
-    run.model.train()
+    run.forward_model.train()
     for batch in _train_loader(run, progress.epoch, remaining):
         _micro_step(run, progress, batch)
         _stop_if_requested(run, progress)
 
 
 def _epoch_batches(run: _Run, epoch: int) -> list[list[tuple[int, int]]]:
-    """The epoch's micro-batches as (dataset index, draw position) keys; a pure function of (seed, epoch)."""
-    # Every micro-batch is full: a trailing batch of one sample breaks BatchNorm in training
-    # once the feature map has shrunk to a single voxel, and with replacement an epoch's
-    # length is a convention anyway.
-    draws = run.micro_steps_per_epoch * run.settings.micro_batch
-    order = list(make_sampler(run.labels, run.settings.seed, epoch, num_samples=draws))
-    keys = [(int(index), draw) for draw, index in enumerate(order)]
-    size = run.settings.micro_batch
-    return [keys[start:start + size] for start in range(0, len(keys), size)]
+    """This rank's micro-batches as (dataset index, draw position) keys; a pure function of (seed, epoch)."""
+    return epoch_batches(run.labels, run.settings.seed, epoch, run.settings.micro_batch,
+                         run.dist.world_size, run.dist.rank)
 
 
 class _DrawKeyed(Dataset):
@@ -192,23 +198,35 @@ def _init_worker(worker_id: int) -> None:
 
 
 def _micro_step(run: _Run, progress: TrainProgress, batch: dict) -> None:
-    torch.manual_seed(derive_seed(run.settings.seed, DROPOUT_STREAM, progress.epoch, progress.micro_step))
+    torch.manual_seed(_dropout_seed(run, progress))
     images = batch["image"].to(run.device, non_blocking=True, memory_format=run.memory_format)
     targets = torch.as_tensor(batch["label"], dtype=torch.long).to(run.device, non_blocking=True)
-    with autocast_context(run.device, run.amp_dtype):
-        logits = run.model(images)
-    loss = run.loss_fn(logits.float(), targets)
-    scaled = loss / _window_size(progress.micro_step, run.settings.accumulate, run.micro_steps_per_epoch)
-    (run.scaler.scale(scaled) if run.scaler else scaled).backward()
-    progress.loss_sum += float(loss.detach())
+    ends_window = _ends_window(progress.micro_step + 1, run)
+    with distributed.no_sync_unless(run.forward_model, ends_window):
+        with autocast_context(run.device, run.amp_dtype):
+            logits = run.forward_model(images)
+        loss = run.loss_fn(logits.float(), targets)
+        scaled = loss / _window_size(progress.micro_step, run.settings.accumulate, run.micro_steps_per_epoch)
+        (run.scaler.scale(scaled) if run.scaler else scaled).backward()
+    progress.loss_sum += run.dist.mean(float(loss.detach()))
     progress.loss_count += 1
     progress.micro_step += 1
-    if progress.micro_step % run.settings.accumulate == 0 or progress.micro_step == run.micro_steps_per_epoch:
+    if ends_window:
         progress.last_step_lr = _optimizer_step(run)
         progress.optimizer_step += 1
         every = run.settings.checkpoint_every_steps
         if every and progress.optimizer_step % every == 0:
             _save_last(run, progress)
+
+
+def _dropout_seed(run: _Run, progress: TrainProgress) -> int:
+    """Keyed by (seed, epoch, micro-step), and by rank when there are several, so ranks draw different masks."""
+    keys = (run.settings.seed, DROPOUT_STREAM, progress.epoch, progress.micro_step)
+    return derive_seed(*keys, run.dist.rank) if run.dist.enabled else derive_seed(*keys)
+
+
+def _ends_window(micro_steps_done: int, run: _Run) -> bool:
+    return micro_steps_done % run.settings.accumulate == 0 or micro_steps_done == run.micro_steps_per_epoch
 
 
 def _window_size(micro_step: int, accumulate: int, micro_steps_per_epoch: int) -> int:
@@ -237,7 +255,7 @@ def _optimizer_step(run: _Run) -> float:
 
 def _stop_if_requested(run: _Run, progress: TrainProgress) -> None:
     global_micro_step = progress.epoch * run.micro_steps_per_epoch + progress.micro_step
-    if run.stop.should_stop(global_micro_step):
+    if run.dist.any(run.stop.should_stop(global_micro_step)):
         path = _save_last(run, progress)
         raise TrainingInterrupted(path, progress.epoch, progress.micro_step)
 
@@ -254,13 +272,23 @@ def _finish_epoch(run: _Run, progress: TrainProgress) -> None:
     progress.epoch += 1
     progress.micro_step, progress.loss_sum, progress.loss_count = 0, 0.0, 0
     _save_last(run, progress)
-    if run.on_epoch_end is not None:
+    if run.on_epoch_end is not None and run.dist.is_main:
         run.on_epoch_end(metrics["epoch"], dict(metrics))
 
 
 def _validate(run: _Run, epoch: int) -> ValidationResult:
+    if not run.dist.enabled:
+        return _validate_on(run, run.val_ds, epoch)
+    run.dist.broadcast_buffers(run.model)
+    indices = distributed.shard_indices(len(run.val_ds), run.dist)
+    part = _validate_on(run, Subset(run.val_ds, indices), epoch) if indices else None
+    return distributed.gather_validation(run.dist, indices, part)
+
+
+def _validate_on(run: _Run, dataset: Dataset, epoch: int) -> ValidationResult:
+    """The bare model, not DDP: validation needs no gradient sync, and shards may differ in length."""
     batching = dict(batch_size=run.settings.micro_batch, shuffle=False)
-    loader = _loader(run, run.val_ds, batching, seeded_generator(run.settings.seed, VAL_LOADER_STREAM, epoch))
+    loader = _loader(run, dataset, batching, seeded_generator(run.settings.seed, VAL_LOADER_STREAM, epoch))
     return validate(run.model, loader, run.loss_fn, run.device, run.amp_dtype, run.memory_format)
 
 
@@ -285,16 +313,28 @@ def _update_best(run: _Run, progress: TrainProgress, metrics: dict, val: Validat
         return
     progress.best_metric, progress.best_epoch, progress.epochs_without_improvement = value, progress.epoch, 0
     progress.best_val = {"probs": val.probs, "labels": val.labels, "patient_ids": val.patient_ids}
-    save_checkpoint(run.run_dir / BEST_NAME, {
-        "model": run.model.state_dict(), "epoch": progress.epoch, "metrics": dict(metrics),
-        "config_hash": run.config_hash, "settings": run.settings.to_dict(), "best_val": progress.best_val,
-    })
+    if run.dist.is_main:
+        save_checkpoint(run.run_dir / BEST_NAME, {
+            "model": run.model.state_dict(), "epoch": progress.epoch, "metrics": dict(metrics),
+            "config_hash": run.config_hash, "settings": run.settings.to_dict(), "best_val": progress.best_val,
+        })
+    run.dist.barrier()
 
 
 # --- checkpoint save / restore -----------------------------------------------------------------
 
 def _save_last(run: _Run, progress: TrainProgress) -> Path:
-    return save_checkpoint(run.run_dir / LAST_NAME, {
+    """Rank 0 writes ``last.pt`` for every rank (mid-window gradients averaged first); the others wait."""
+    path = run.run_dir / LAST_NAME
+    run.dist.average_gradients(run.model)
+    if run.dist.is_main:
+        _write_last(run, progress, path)
+    run.dist.barrier()
+    return path
+
+
+def _write_last(run: _Run, progress: TrainProgress, path: Path) -> Path:
+    return save_checkpoint(path, {
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),

@@ -1,0 +1,100 @@
+"""Wait for a submitted Slurm chain and say how each step ended, from Slurm's accounting.
+
+submitit waits job by job and, for a job cancelled before it started, waits for a result file
+that never comes; sacct knows at once that a dependent was cancelled because its parent failed
+(``kill_on_invalid_dep``), so the chain is followed there and results are read only for failures.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from idhhpc.config import JobConfig
+from idhhpc.hpc.failures import describe_failure
+from idhhpc.hpc.runner import SKIPPED, StepRecord
+from idhhpc.hpc.slurm_env import FINAL_STATES
+
+_FIELDS = ("JobID", "State", "Reason", "Start", "End")
+
+
+@dataclass
+class ChainOutcome:
+    failures: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and not self.cancelled
+
+    def report(self) -> str:
+        lines = [f"FAILED {text}" for text in self.failures]
+        lines += [f"CANCELLED {text}" for text in self.cancelled]
+        return "\n".join(lines)
+
+
+def job_states(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """sacct's latest record per job or array task (or unexpanded array) by JobID."""
+    if not job_ids:
+        return {}
+    cmd = ["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", ",".join(_FIELDS)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"sacct failed: {result.stderr.strip()}")
+    rows = [dict(zip(_FIELDS, line.split("|"))) for line in result.stdout.splitlines() if line]
+    return {row["JobID"]: {**row, "State": (row["State"].split() or [""])[0]} for row in rows}
+
+
+def _state_of(job_id: str, states: dict[str, dict[str, str]]) -> dict[str, str] | None:
+    """A task's own record, or its array's unexpanded one (``46_[0-1]``) when it never started."""
+    if job_id in states:
+        return states[job_id]
+    base = job_id.split("_")[0]
+    return next((row for key, row in states.items() if key == base or key.startswith(f"{base}_[")), None)
+
+
+def _is_final(row: dict[str, str] | None) -> bool:
+    return row is not None and row["State"] in FINAL_STATES and row["End"] not in ("", "Unknown")
+
+
+def wait_for_chain(records: list[StepRecord], config: JobConfig, poll_s: float = 2.0,
+                   timeout_s: float | None = None) -> ChainOutcome:
+    """Poll sacct until every submitted job has ended; set each record's state and return what failed."""
+    jobs = [job for record in records for job in record.jobs]
+    bases = sorted({job.job_id.split("_")[0] for job in jobs}, key=int)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        states = job_states(bases)
+        if all(_is_final(_state_of(job.job_id, states)) for job in jobs):
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"Slurm chain not finished after {timeout_s} s")
+        time.sleep(poll_s)
+    return _classify(records, states, config)
+
+
+def _classify(records: list[StepRecord], states: dict[str, dict[str, str]], config: JobConfig) -> ChainOutcome:
+    outcome = ChainOutcome()
+    for record in records:
+        if record.state == SKIPPED or not record.jobs:
+            continue
+        rows = [(job, _state_of(job.job_id, states)) for job in record.jobs]
+        seen = sorted({row["State"] for _, row in rows})
+        record.state = seen[0] if len(seen) == 1 else "/".join(seen)
+        for job, row in rows:
+            if row["State"] == "CANCELLED":
+                outcome.cancelled.append(f"{record.step} (job {job.job_id}): {_cancel_phrase(row)}")
+            elif row["State"] != "COMPLETED":
+                error = job.exception() if row["State"] == "FAILED" else None
+                outcome.failures.append(describe_failure(record.step, job.job_id, error, config, job.paths.stderr,
+                                                         row["State"]))
+    return outcome
+
+
+def _cancel_phrase(row: dict[str, str]) -> str:
+    """Slurm records the reason only for plain jobs (``Dependency``); a job that never started
+    under ``kill_on_invalid_dep`` was cancelled because a stage it waits for failed."""
+    if row["Start"] in ("", "None", "Unknown"):
+        return f"never started: a stage it depends on failed (sacct reason {row['Reason']})"
+    return f"cancelled while running (sacct reason {row['Reason']})"

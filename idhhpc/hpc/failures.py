@@ -1,0 +1,77 @@
+"""Turn a failed job into a message that says what failed, where, and what to change.
+
+Used for every executor: in-process jobs raise the original exception, local and Slurm jobs
+raise submitit's ``FailedJobError`` holding the remote traceback as text, so both the exception
+chain and the text are searched.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from idhhpc.config import JobConfig
+
+_OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory")
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupted|Exit)\b.*")
+
+
+def is_gpu_out_of_memory(err: BaseException | None, text: str = "") -> bool:
+    """True for ``torch.cuda.OutOfMemoryError`` raised here or (as text) in a remote job."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if type(err).__name__ == "OutOfMemoryError":
+            return True
+        text += "\n" + str(err)
+        err = err.__cause__ or err.__context__
+    return any(marker in text for marker in _OOM_MARKERS)
+
+
+def out_of_memory_hint(config: JobConfig) -> str:
+    t, m = config.train, config.model
+    return ("GPU out of memory. Lower the memory per step and keep the effective batch "
+            f"(micro_batch x accumulate = {t.micro_batch * t.accumulate}): "
+            f"--set train.micro_batch={max(1, t.micro_batch // 2)} --set train.accumulate={t.accumulate * 2} "
+            f"(now {t.micro_batch} and {t.accumulate}), and/or --set model.activation_checkpointing=true "
+            f"(now {str(m.activation_checkpointing).lower()}); fewer model.trainable_stages also saves memory.")
+
+
+def error_lines(err: BaseException, lines: int = 25) -> str:
+    """The exception as the job raised it (with notes); submitit wraps remote ones with their traceback."""
+    text = [line for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+    text += list(getattr(err, "__notes__", []))
+    return "\n".join(text[-lines:])
+
+
+def stderr_tail(path: str | Path | None, lines: int = 15) -> str:
+    """The end of a job's stderr, where Python tracebacks and Slurm errors land."""
+    try:
+        text = Path(path).read_text(errors="replace") if path else ""
+    except OSError:
+        return ""
+    tail = text.strip().splitlines()[-lines:]
+    return f"--- tail of {path}\n" + "\n".join(tail) if tail else ""
+
+
+def last_exception_line(text: str) -> str | None:
+    """The final ``SomeError: message`` line of a traceback: what went wrong, before the details."""
+    found = [line.strip() for line in text.splitlines() if _EXCEPTION_LINE.match(line.strip())]
+    return found[-1] if found else None
+
+
+def describe_failure(step: str, job_id: str, err: BaseException | None, config: JobConfig,
+                     stderr_path: str | Path | None, state: str = "FAILED") -> str:
+    """Stage, job, error (with the patient for preprocessing), stderr tail and, for OOM, what to change."""
+    tail = stderr_tail(stderr_path)
+    parts = [f"stage {step} failed (job {job_id}, {state})"]
+    headline = last_exception_line("\n".join([error_lines(err, lines=10_000) if err is not None else "", tail]))
+    if headline:
+        parts.append(f"error: {headline}")
+    if err is not None:
+        parts.append(error_lines(err))
+    if tail:
+        parts.append(tail)
+    if is_gpu_out_of_memory(err, tail):
+        parts.append(out_of_memory_hint(config))
+    return "\n".join(parts)

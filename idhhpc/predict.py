@@ -1,0 +1,158 @@
+"""Predict the IDH status of one new patient with an exported model, and explain it.
+
+    python -m idhhpc.predict --checkpoint runs/dryrun/checkpoints/fit/model.pt \\
+        --patient /data/UCSF-PDGM-0004_nifti [--out DIR] [--device cpu|cuda|auto]
+
+Prints the mutant probability and the class at the threshold chosen on validation, and writes
+Grad-CAM overlays, CAM NIfTIs (model space and the patient's native grid), CAM-in-tumor
+statistics when a tumor mask is present, and ``prediction.json`` to ``--out``
+(default ``./idhhpc-predict/<patient_id>/``). Inputs that fail validation exit with code 2
+and write nothing. The outputs appear all at once: they are written to a hidden sibling
+folder that is renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from idhhpc.data.cases import PreprocessedCase
+from idhhpc.data.geometry import output_affine, to_native
+from idhhpc.explain.cases import explain_cases
+from idhhpc.inference import (ExportedModel, InvalidInput, build_trained_network, find_patient_files,
+                              finite_or_none, load_exported, mutant_probability, preprocess_patient)
+from idhhpc.io import atomic_write_json
+from idhhpc.model.params import default_cam_layer
+from idhhpc.train.optim import resolve_device
+
+EXIT_INVALID_INPUT = 2
+CLASS_NAMES = {0: "IDH-wildtype", 1: "IDH-mutant"}
+PREDICTION_FILE = "prediction.json"
+
+
+def predict(checkpoint: Path, patient_dir: Path, out: Path | None = None, device: str = "auto") -> dict[str, Any]:
+    """Validate, preprocess, predict and explain one patient; raises :class:`InvalidInput` before
+    writing anything when the checkpoint, the device or the patient's files cannot be used."""
+    torch_device = _device(device)
+    exported = load_exported(Path(checkpoint))
+    case_files = find_patient_files(Path(patient_dir), exported.config)
+    case = preprocess_patient(case_files, exported.config)
+    model = build_trained_network(exported, torch_device)
+    prob = mutant_probability(model, case.image, torch_device)
+    predicted = int(prob >= exported.threshold)
+    out = Path(out) if out is not None else Path("idhhpc-predict") / case.patient_id
+    result = {"patient_id": case.patient_id, "prob_mutant": prob, "predicted": predicted,
+              "predicted_class": CLASS_NAMES[predicted], "threshold": exported.threshold,
+              "threshold_method": exported.threshold_method, "model_run": exported.run,
+              "model_val_auc": exported.val_auc, "checkpoint": str(Path(checkpoint).resolve()),
+              "patient_dir": str(Path(patient_dir).resolve()), "device": str(torch_device),
+              "inputs": {m: str(p) for m, p in case_files.images.items()},
+              "tumor_mask": str(case_files.tumor_mask) if case_files.tumor_mask else None,
+              "warnings": case.warnings, "out": str(out.resolve())}
+    result["explanation"] = _explain_into(out, model, case, result, exported)
+    return result
+
+
+def _device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InvalidInput("--device cuda: no CUDA device is available here (use cpu or auto)")
+    return resolve_device(name)
+
+
+def _explain_into(out: Path, model: torch.nn.Module, case: PreprocessedCase, result: dict[str, Any],
+                  exported: ExportedModel) -> dict[str, Any]:
+    """Run the explain stage's per-case code in a staging folder, add ``prediction.json``, rename
+    the patient's part onto ``out``; the staging folder's gallery (one case) is dropped."""
+    config = exported.config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        item = {"image": case.image, "label": None, "patient_id": case.patient_id, "prob": result["prob_mutant"],
+                "tumor": case.tumor, "brain": case.brain, "geometry": case.geometry,
+                "affine": output_affine(case.geometry)}
+        written = explain_cases(model, [item], staging, exported.threshold,
+                                config.explain.layer or default_cam_layer(model),
+                                methods=tuple(config.explain.methods),
+                                to_native=lambda cam, c: to_native(cam, c["geometry"]))
+        built = staging / case.patient_id
+        explanation = _relative_files(written["cases"][0], built, case.tumor is not None)
+        atomic_write_json(built / PREDICTION_FILE, result | {"explanation": explanation})
+        _move_into_place(built, out)
+        return explanation
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _relative_files(record: dict[str, Any], case_dir: Path, has_tumor: bool) -> dict[str, Any]:
+    cams = []
+    for cam in record["cams"]:
+        files = {kind: Path(path).relative_to(case_dir).as_posix() for kind, path in cam["files"].items()}
+        entry = {"method": cam["method"], "class": cam["class"], "predicted_class": cam["predicted_class"],
+                 "files": files}
+        if has_tumor:
+            entry["statistics"] = finite_or_none(cam["statistics"])
+        cams.append(entry)
+    return {"cams": cams}
+
+
+def _move_into_place(built: Path, out: Path) -> None:
+    """Replace ``out`` by ``built`` (an earlier prediction there is swapped out, then removed)."""
+    old = None
+    if out.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+        out.rename(old / out.name)
+    built.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def headline(result: dict[str, Any]) -> str:
+    return (f"{result['patient_id']}: {result['predicted_class']}  "
+            f"P(IDH mutant) = {result['prob_mutant']:.4f}  "
+            f"(threshold {result['threshold']:.4f}, chosen on validation by {result['threshold_method']})")
+
+
+def details(result: dict[str, Any]) -> str:
+    lines = [f"  model: {result['checkpoint']} (run {result['model_run']}, validation AUC {result['model_val_auc']:.3f})",
+             f"  device: {result['device']}",
+             *(f"  {modality}: {path}" for modality, path in result["inputs"].items()),
+             *(f"  warning: {w}" for w in result["warnings"])]
+    for cam in result["explanation"]["cams"]:
+        stats = cam.get("statistics") or {}
+        energy = stats.get("energy_in_tumor")
+        chance = stats.get("chance_energy_in_tumor")
+        measured = f", CAM energy in tumor {energy:.3f} (chance {chance:.3f})" if energy is not None else ""
+        lines.append(f"  {cam['method']} for {cam['class']}: {cam['files']['overlay']}{measured}")
+    lines.append(f"  written to {result['out']}/ (prediction.json, overlays, CAM NIfTIs)")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m idhhpc.predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, type=Path, help="exported model (checkpoints/fit/model.pt)")
+    parser.add_argument("--patient", required=True, type=Path, help="folder with the patient's FLAIR, T1, T1c, T2")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default ./idhhpc-predict/<patient_id>/)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        result = predict(args.checkpoint, args.patient, args.out, args.device)
+    except InvalidInput as err:
+        print(f"refused: {err}", file=sys.stderr)
+        return EXIT_INVALID_INPUT
+    print(headline(result))
+    print(details(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Cross-validation of one configuration: k folds trained in lockstep, one epoch at a time.
+
+After every epoch all k folds have been validated, so a scheduler can judge a configuration on
+its mean validation AUC across folds, not on one lucky split. The folds share the frozen prefix
+of one network (see ``shared.py``); each has its own tail, optimizer and OneCycle schedule, and
+the same training recipe as ``idhhpc.train``: balanced sampling keyed by (seed, epoch), seeded
+augmentation, accumulation, AMP, gradient clipping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from idhhpc.data.augment import AugmentedDataset, make_train_transform
+from idhhpc.data.dataset import ShardDataset
+from idhhpc.model.network import IDHNet
+from idhhpc.train.loss import make_loss
+from idhhpc.train.optim import make_optimizer, make_scaler, make_scheduler, resolve_amp, resolve_device
+from idhhpc.train.sampler import make_sampler
+from idhhpc.train.seeding import derive_seed
+from idhhpc.train.settings import TrainSettings
+from idhhpc.train.validation import autocast_context, validate
+from idhhpc.tune.shared import load_tail_state, prefix_fingerprint, shared_prefix_copies, tail_state
+
+DROPOUT_STREAM = 13
+DIVERGED_AUC = 0.0
+
+
+@dataclass
+class _Fold:
+    model: IDHNet
+    train_ds: Dataset
+    val_ds: Dataset
+    labels: list[int]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+
+
+class LockstepCV:
+    """Train ``len(folds)`` tails of ``model`` epoch by epoch; ``epoch()`` returns the CV metrics."""
+
+    def __init__(self, model: IDHNet, folds: list[dict[str, list[str]]], index_path: Path,
+                 settings: TrainSettings) -> None:
+        self.settings = settings
+        self.device = resolve_device(settings.device)
+        self.amp_dtype, use_scaler = resolve_amp(settings.amp, self.device)
+        self.loss_fn = make_loss(settings).to(self.device)
+        self.models = shared_prefix_copies(model.to(self.device), len(folds))
+        self.fingerprint = prefix_fingerprint(model)
+        self.folds = [self._fold(m, f, index_path, use_scaler) for m, f in zip(self.models, folds)]
+        self.epochs_done = 0
+
+    def _fold(self, model: IDHNet, fold: dict[str, list[str]], index_path: Path, use_scaler: bool) -> _Fold:
+        train_ds: Dataset = ShardDataset(index_path, fold["train"])
+        labels = [int(v) for v in train_ds.labels]
+        if self.settings.augment:
+            train_ds = AugmentedDataset(train_ds, make_train_transform(self.settings.seed), seed=self.settings.seed)
+        optimizer = make_optimizer(model, self.settings)
+        return _Fold(model, train_ds, ShardDataset(index_path, fold["val"]), labels, optimizer,
+                     make_scheduler(optimizer, self.settings, len(labels)), make_scaler(use_scaler, self.device))
+
+    def epoch(self) -> dict[str, Any]:
+        """Train every fold for one epoch, validate each, return per-fold and mean metrics."""
+        epoch = self.epochs_done
+        losses, aucs = [], []
+        for index, fold in enumerate(self.folds):
+            losses.append(self._train_epoch(index, fold, epoch))
+            aucs.append(self._validate(fold))
+        self.epochs_done += 1
+        return cv_metrics(epoch, losses, aucs)
+
+    def _train_epoch(self, index: int, fold: _Fold, epoch: int) -> float:
+        if isinstance(fold.train_ds, AugmentedDataset):
+            fold.train_ds.set_epoch(epoch)
+        batches = _epoch_batches(fold.labels, self.settings, epoch)
+        fold.model.train()
+        total = 0.0
+        for step, keys in enumerate(batches):
+            torch.manual_seed(derive_seed(self.settings.seed, DROPOUT_STREAM, index, epoch, step))
+            total += self._micro_step(fold, keys, step, len(batches))
+        return total / len(batches)
+
+    def _micro_step(self, fold: _Fold, keys: list[tuple[int, int]], step: int, steps: int) -> float:
+        by_draw = isinstance(fold.train_ds, AugmentedDataset)
+        batch = default_collate([fold.train_ds[key] if by_draw else fold.train_ds[key[0]] for key in keys])
+        images = batch["image"].to(self.device)
+        targets = torch.as_tensor(batch["label"], dtype=torch.long, device=self.device)
+        with autocast_context(self.device, self.amp_dtype):
+            logits = fold.model(images)
+        loss = self.loss_fn(logits.float(), targets)
+        accumulate = self.settings.accumulate
+        window = min(accumulate, steps - (step // accumulate) * accumulate)
+        scaled = loss / window
+        (fold.scaler.scale(scaled) if fold.scaler else scaled).backward()
+        if (step + 1) % accumulate == 0 or step + 1 == steps:
+            _optimizer_step(fold, self.settings.grad_clip)
+        return float(loss.detach())
+
+    def _validate(self, fold: _Fold) -> float:
+        """A fold whose network diverged (non-finite outputs) scores 0, the worst AUC, so the
+        scheduler drops the configuration instead of the trial crashing and being retried."""
+        loader = DataLoader(fold.val_ds, batch_size=self.settings.micro_batch, shuffle=False, num_workers=0)
+        try:
+            return validate(fold.model, loader, self.loss_fn, self.device, self.amp_dtype).auc
+        except ValueError as error:
+            if "NaN" not in str(error) and "infinity" not in str(error):
+                raise
+            return DIVERGED_AUC
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tails, optimizers and schedules of every fold; the shared prefix is rebuilt from the seed."""
+        return {"epochs_done": self.epochs_done, "prefix_fingerprint": self.fingerprint,
+                "folds": [{"tail": tail_state(f.model), "optimizer": f.optimizer.state_dict(),
+                           "scheduler": f.scheduler.state_dict(),
+                           "scaler": f.scaler.state_dict() if f.scaler else {}} for f in self.folds]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not math.isclose(state["prefix_fingerprint"], self.fingerprint, rel_tol=1e-9, abs_tol=1e-6):
+            raise ValueError("checkpoint was trained on another frozen prefix (model seed or weights changed)")
+        if len(state["folds"]) != len(self.folds):
+            raise ValueError(f"checkpoint has {len(state['folds'])} folds, this trial {len(self.folds)}")
+        for fold, saved in zip(self.folds, state["folds"]):
+            load_tail_state(fold.model, saved["tail"])
+            fold.optimizer.load_state_dict(saved["optimizer"])
+            fold.scheduler.load_state_dict(saved["scheduler"])
+            if fold.scaler and saved["scaler"]:
+                fold.scaler.load_state_dict(saved["scaler"])
+        self.epochs_done = int(state["epochs_done"])
+
+
+def cv_metrics(epoch: int, losses: list[float], aucs: list[float]) -> dict[str, Any]:
+    """Mean and spread over folds; a fold whose AUC is undefined (one class) counts as 0.5."""
+    clean = [0.5 if math.isnan(a) else a for a in aucs]
+    metrics = {"epoch": epoch, "val_auc_mean": float(np.mean(clean)), "val_auc_std": float(np.std(clean)),
+               "train_loss_mean": float(np.mean(losses))}
+    metrics |= {f"val_auc_fold{i}": float(a) for i, a in enumerate(clean)}
+    return metrics
+
+
+def _epoch_batches(labels: list[int], settings: TrainSettings, epoch: int) -> list[list[tuple[int, int]]]:
+    """Full micro-batches of (index, draw) keys, as the trainer draws them (see trainer.py)."""
+    size = settings.micro_batch
+    draws = math.ceil(len(labels) / size) * size
+    order = [int(i) for i in make_sampler(labels, settings.seed, epoch, num_samples=draws)]
+    keys = [(index, draw) for draw, index in enumerate(order)]
+    return [keys[start:start + size] for start in range(0, draws, size)]
+
+
+def _optimizer_step(fold: _Fold, grad_clip: float | None) -> None:
+    if fold.scaler:
+        fold.scaler.unscale_(fold.optimizer)
+    if grad_clip:
+        params = [p for group in fold.optimizer.param_groups for p in group["params"]]
+        nn.utils.clip_grad_norm_(params, grad_clip)
+    if fold.scaler:
+        fold.scaler.step(fold.optimizer)
+        fold.scaler.update()
+    else:
+        fold.optimizer.step()
+    fold.optimizer.zero_grad(set_to_none=True)
+    fold.scheduler.step()
+

@@ -1,0 +1,162 @@
+"""The launcher without Slurm: skipping verified stages, failure messages, and no-sbatch advice."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from idhhpc.hpc.failures import describe_failure, is_gpu_out_of_memory
+from idhhpc.hpc.guards import preprocess_shard
+from idhhpc.hpc.pipeline import Step, build_steps
+from idhhpc.hpc.runner import SKIPPED, StageFailed, run_locally
+from idhhpc.hpc.verify import outputs_verify, plan_skips
+from idhhpc.launch import main
+
+sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make the helper importable
+from tiny_job import tiny_config, tiny_overrides  # noqa: E402
+
+ALL = ["cohort", "preprocess", "split", "cv", "fit", "evaluate", "explain"]
+OOM_WORDS = ("train.micro_batch", "train.accumulate", "model.activation_checkpointing")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path]:
+    """The whole tiny pipeline, run in-process once; tests copy nothing and only read it."""
+    root = tmp_path_factory.mktemp("launch")
+    work, cohort = root / "work", root / "cohort"
+    argv = ["--executor", "debug", "-q", *[a for o in tiny_overrides(work, cohort) for a in ("--set", o)]]
+    assert main(argv) == 0
+    return work, cohort
+
+
+@pytest.mark.slow
+def test_relaunch_skips_every_verified_stage(finished, capsys) -> None:
+    work, cohort = finished
+    argv = ["--executor", "debug", "-q", *[a for o in tiny_overrides(work, cohort) for a in ("--set", o)]]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert [line.split()[1] for line in table.splitlines()[1:9]] == [SKIPPED] * 8
+
+
+@pytest.mark.slow
+def test_changed_sections_rerun_from_the_first_affected_stage(finished) -> None:
+    work, cohort = finished
+    config = tiny_config(work, cohort)
+    previous = tiny_config(work, cohort)
+    steps = build_steps(ALL)
+    assert plan_skips(steps, config, previous) == {s.name for s in steps}
+    assert plan_skips(steps, config, None) == set()  # unknown provenance of the manifest: rerun
+    changed = tiny_config(work, cohort, "split.folds=3")
+    assert plan_skips(steps, changed, tiny_config(work, cohort, "split.folds=3")) == {
+        "cohort", "preprocess", "preprocess-merge"}
+    more_epochs = tiny_config(work, cohort, "train.epochs=2")
+    assert not outputs_verify("fit", more_epochs, more_epochs)
+    explain = tiny_config(work, cohort, "explain.max_cases=1")
+    assert plan_skips(steps, explain, previous) == {s.name for s in steps} - {"explain"}
+
+
+@pytest.mark.slow
+def test_a_corrupt_shard_fails_verification(finished, tmp_path) -> None:
+    import shutil
+
+    work, cohort = finished
+    copy = tmp_path / "work"
+    shutil.copytree(work / "shards", copy / "shards")
+    shutil.copytree(work / "cohort", copy / "cohort")
+    config = tiny_config(copy, cohort)
+    assert outputs_verify("preprocess", config, config)
+    shard = sorted((copy / "shards").glob("shard-*.h5"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-100] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    os.utime(copy / "shards" / "index.json")
+    assert not outputs_verify("preprocess", config, config)
+
+
+def raise_gpu_oom(config, *args):
+    raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+class StubStep(Step):
+    def function(self):
+        return raise_gpu_oom
+
+
+def test_gpu_out_of_memory_names_the_settings_to_change(tmp_path) -> None:
+    config = tiny_config(tmp_path / "work", tmp_path / "cohort")
+    step = StubStep("fit", "fit", "stub:raise_gpu_oom", lambda c: [()])
+    with pytest.raises(StageFailed) as caught:
+        run_locally([step], config, "debug", tmp_path / "jobs", progress=False)
+    message = str(caught.value)
+    assert "stage fit failed" in message and "CUDA out of memory" in message
+    assert all(word in message for word in OOM_WORDS), message
+
+
+def test_remote_out_of_memory_traceback_text_gets_the_hint(tmp_path) -> None:
+    remote = RuntimeError("Job failed during processing with trace:\n"
+                          "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB")
+    assert is_gpu_out_of_memory(remote)
+    assert not is_gpu_out_of_memory(ValueError("shapes differ"))
+    config = tiny_config(tmp_path / "work", tmp_path / "cohort")
+    message = describe_failure("cv", "123_1", remote, config, None)
+    assert all(word in message for word in OOM_WORDS)
+    assert "--set train.micro_batch=1 --set train.accumulate=2" in message
+    assert "error: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB" in message
+
+
+def test_failed_preprocessing_names_the_patient(tmp_path, monkeypatch) -> None:
+    from idhhpc.data import shards
+    from idhhpc.stages.cohort import run_cohort
+    from idhhpc.stages.preprocess import shard_plan
+
+    config = tiny_config(tmp_path / "work", tmp_path / "cohort", "data.phantom.patients=8",
+                         "data.phantom.shape=[24, 24, 16]", "data.min_patients=2")
+    run_cohort(config)
+    victim = shard_plan(config)[0][2].patient_id
+    real = shards.preprocess_case
+
+    def broken(case, settings):
+        if case.patient_id == victim:
+            raise MemoryError("cannot allocate array")
+        return real(case, settings)
+
+    monkeypatch.setattr(shards, "preprocess_case", broken)
+    with pytest.raises(MemoryError) as caught:
+        preprocess_shard(config, 0)
+    assert f"patient {victim}" in "\n".join(caught.value.__notes__)
+    message = describe_failure("preprocess", "9_0", caught.value, config, None)
+    assert f"preprocess shard 0 failed on patient {victim}" in message
+
+
+def test_no_sbatch_suggests_the_local_executor(tmp_path) -> None:
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    env = {**os.environ, "PATH": str(bare)}
+    args = [a for o in tiny_overrides(tmp_path / "work", tmp_path / "cohort") for a in ("--set", o)]
+    result = subprocess.run([sys.executable, "-m", "idhhpc.launch", "--partition", "debug", *args],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 2
+    assert "sbatch is not on PATH" in result.stderr and "--executor local" in result.stderr
+    assert not (tmp_path / "work").exists()  # failed before creating anything
+
+
+def test_dry_run_prints_the_array_and_dependencies(tmp_path, capsys) -> None:
+    args = [a for o in tiny_overrides(tmp_path / "work", tmp_path / "cohort") for a in ("--set", o)]
+    assert main(["--partition", "debug", "--dry-run", *args]) == 0
+    text = capsys.readouterr().out
+    assert "#SBATCH --array=0-2%3" in text  # 16 phantom patients / shard_size 6
+    assert "#SBATCH --dependency='afterok:<cohort>'" in text
+    assert "#SBATCH --kill-on-invalid-dep=yes" in text
+    assert "#SBATCH --partition=debug" in text
+    assert not (tmp_path / "work").exists()
+
+
+def test_guard_is_what_the_preprocess_step_runs() -> None:
+    step = next(s for s in build_steps(["preprocess"]) if s.name == "preprocess")
+    assert step.function() is preprocess_shard
+    assert step.after == ()

@@ -1,0 +1,151 @@
+"""The whole pipeline on the real Slurm test cluster: arrays, afterok chains, failures, preemption.
+
+One tiny phantom job (16 patients, 48x48x32, size 32, B0, 1 epoch, 2 folds) runs end to end
+through the launcher once per module; the other tests reuse its cohort and shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from idhhpc.hpc.chain import job_states, wait_for_chain
+from idhhpc.hpc.pipeline import build_steps
+from idhhpc.hpc.runner import run_locally, submit_to_slurm
+from idhhpc.hpc.slurm_env import cluster_unavailable_reason, sacct_records, wait_for_final_state
+from idhhpc.launch import main
+
+sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make the helper importable
+from tiny_job import tiny_config, tiny_overrides  # noqa: E402
+
+_UNAVAILABLE = cluster_unavailable_reason()
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"Slurm test cluster not up: {_UNAVAILABLE}"),
+    pytest.mark.timeout(300),
+]
+
+
+def launch(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(argv))
+    return code, out.getvalue(), err.getvalue()
+
+
+def as_set_args(overrides: list[str]) -> list[str]:
+    return [arg for override in overrides for arg in ("--set", override)]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory) -> dict:
+    """``python -m idhhpc.launch --partition debug --wait`` on the tiny job, cohort → explain."""
+    root = tmp_path_factory.mktemp("slurm-chain")
+    work, cohort = root / "work", root / "cohort"
+    code, out, err = launch("--partition", "debug", "--wait", "-q", *as_set_args(tiny_overrides(work, cohort)))
+    print(out, err)
+    return {"code": code, "out": out, "err": err, "work": work, "cohort": cohort}
+
+
+def table_rows(out: str) -> dict[str, list[str]]:
+    """The launcher's last table: step → [state, jobs, ...]."""
+    last = out[out.rindex("step "):]
+    return {line.split()[0]: line.split()[1:] for line in last.splitlines()[1:] if line.split() and
+            not line.startswith(("work dir", "MLflow", "report", "compare"))}
+
+
+def test_full_chain_runs_to_report_and_gallery(chain) -> None:
+    assert chain["code"] == 0, chain["err"]
+    work = chain["work"]
+    assert (work / "reports" / "report.md").is_file()
+    assert (work / "reports" / "explain" / "gallery.md").is_file()
+    rows = table_rows(chain["out"])
+    assert list(rows) == ["cohort", "preprocess", "preprocess-merge", "split", "cv", "fit", "evaluate", "explain"]
+    assert {row[0] for row in rows.values()} == {"COMPLETED"}
+    assert "parent run" in chain["out"]
+    cv_job = rows["cv"][1]
+    assert [r["State"] for r in sacct_records(cv_job.split("_")[0])] == ["COMPLETED", "COMPLETED"]
+
+
+def test_preprocess_array_yields_the_same_shards_as_a_local_run(chain, tmp_path) -> None:
+    local = tiny_config(tmp_path / "work", chain["cohort"])
+    run_locally(build_steps(["cohort", "preprocess"]), local, "debug", tmp_path / "jobs", progress=False)
+    on_slurm = json.loads((chain["work"] / "shards" / "index.json").read_text())
+    here = json.loads((tmp_path / "work" / "shards" / "index.json").read_text())
+    assert len(on_slurm["shards"]) == 3
+    assert here["patients"] == on_slurm["patients"]
+    assert here["shards"] == on_slurm["shards"]  # shard name → sha256
+
+
+def test_failing_stage_cancels_its_dependents_and_is_reported(chain, tmp_path) -> None:
+    """split fails (no shard index in a fresh work dir); the cv array and fit must be cancelled."""
+    overrides = tiny_overrides(tmp_path / "work", chain["cohort"])
+    code, out, err = launch("--partition", "debug", "--wait", "-q", "--stages", "split,cv,fit", *as_set_args(overrides))
+    assert code == 1
+    assert "FAILED stage split failed" in err and "index.json" in err
+    assert "CANCELLED cv" in err and "CANCELLED fit" in err
+    rows = table_rows(out)
+    assert rows["split"][0] == "FAILED"
+    assert rows["cv"][0] == rows["fit"][0] == "CANCELLED"
+    assert wait_for_final_state(rows["split"][1]) == "FAILED"
+    split_end = sacct_records(rows["split"][1])[0]["End"]
+    for step in ("cv", "fit"):
+        base = rows[step][1].split("_")[0]
+        records = job_states([base])
+        print(f"sacct {step} {base}: {records}")
+        assert {r["State"] for r in records.values()} == {"CANCELLED"}
+        assert {r["Start"] for r in records.values()} == {"None"}  # never ran
+        assert all(r["End"] >= split_end for r in records.values())  # cancelled when split failed
+    assert "never started: a stage it depends on failed" in err
+
+
+def _fit_copy(chain: dict, dest: Path):
+    """A work dir holding the chain's cohort, shards and split but no checkpoints."""
+    for part in ("cohort", "shards"):
+        shutil.copytree(chain["work"] / part, dest / part)
+    shutil.copy2(chain["work"] / "splits.json", dest / "splits.json")
+    train = "train={epochs: 3, micro_batch: 2, accumulate: 1, num_workers: 0, patience: 3, checkpoint_every_steps: 2}"
+    return tiny_config(dest, chain["cohort"], train)
+
+
+def _wait_for_file(path: Path, job, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline or job.done():
+            raise TimeoutError(f"{path} did not appear within {timeout_s} s (job {job.job_id}: {job.state})\n"
+                               f"{job.stderr() or ''}")
+        time.sleep(0.1)
+
+
+def test_usr2_mid_fit_requeues_and_resumes_bitwise(chain, tmp_path) -> None:
+    preempted, reference = _fit_copy(chain, tmp_path / "preempted"), _fit_copy(chain, tmp_path / "reference")
+    steps = build_steps(["fit"])
+    records_p, jobs_p = submit_to_slurm(steps, preempted, tmp_path / "jobs-p")
+    records_r, _ = submit_to_slurm(steps, reference, tmp_path / "jobs-r")
+    last = tmp_path / "preempted" / "checkpoints" / "fit" / "last.pt"
+    _wait_for_file(last, jobs_p[0], timeout_s=180)  # after 2 of ~15 optimizer steps
+    job_id = jobs_p[0].job_id
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    outcome = wait_for_chain(records_p + records_r, preempted, timeout_s=240)
+    assert outcome.ok, outcome.report()
+    wait_for_final_state(job_id)
+    history = [r["State"] for r in sacct_records(job_id, with_requeues=True)]
+    print(f"sacct state history of preempted fit {job_id}: {history}")
+    assert history == ["REQUEUED", "COMPLETED"]
+    fits = [tmp_path / name / "checkpoints" / "fit" for name in ("preempted", "reference")]
+    for name in ("model.pt", "best.pt"):
+        a, b = (torch.load(d / name, weights_only=True)["model"] for d in fits)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    a, b = (json.loads((d / "selection.json").read_text()) for d in fits)
+    assert a["history"] == b["history"] and len(a["history"]) == 3
+    assert a["val"] == b["val"]

@@ -1,0 +1,63 @@
+"""The tune stage on the real Slurm test cluster: as a submitit job, and through slurm/ray-on-slurm.sh."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from idhhpc.hpc.pipeline import build_steps
+from idhhpc.hpc.runner import submit_to_slurm
+from idhhpc.hpc.slurm_env import cluster_unavailable_reason, wait_for_final_state
+from idhhpc.stages.track import tracking_uri
+from idhhpc.tune.runs import TRIAL_TAG
+from tests.tune.helpers import tiny_job
+
+_UNAVAILABLE = cluster_unavailable_reason()
+pytestmark = [
+    pytest.mark.slurm, pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600),
+    pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"Slurm test cluster not up: {_UNAVAILABLE}"),
+]
+REPO = Path(__file__).resolve().parents[2]
+SLURM_SETTINGS = ["hpc.executor=slurm", "hpc.resources.partition=debug", "hpc.resources.cpus_per_task=2",
+                  "hpc.resources.mem_gb=4", "hpc.resources.time_min=15", "tune.num_samples=2", "tune.epochs=1"]
+
+
+def _trial_params(config) -> list[dict[str, str]]:
+    client = MlflowClient(tracking_uri(config))
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    return [r.data.params for r in client.search_runs([experiment.experiment_id]) if TRIAL_TAG in r.data.tags]
+
+
+def test_tune_stage_as_a_submitit_job_on_partition_debug(workspace):
+    config = tiny_job(workspace, *SLURM_SETTINGS)
+    records, jobs = submit_to_slurm(build_steps(["tune"]), config, workspace / "work" / "launches" / "slurm")
+    assert [r.step for r in records] == ["tune"] and len(jobs) == 1
+    state = wait_for_final_state(str(jobs[0].job_id), timeout_s=540)
+    assert state == "COMPLETED", jobs[0].stderr()
+    summary = jobs[0].result()
+    assert summary["trials"] == 2 and summary["errored"] == 0
+    assert (workspace / "work" / "best_config.yaml").is_file()
+    params = _trial_params(config)
+    assert len(params) == 2 and all("train.max_lr" in p for p in params)
+
+
+def test_ray_on_slurm_script_runs_the_sweep(workspace):
+    """One node here, so only the head starts; the driver still joins it through RAY_ADDRESS."""
+    config = tiny_job(workspace, *SLURM_SETTINGS)
+    job = workspace / "job.yaml"
+    job.write_text(config.model_dump_json())  # JSON is YAML
+    log = workspace / "ray-on-slurm.out"
+    env = {**os.environ, "IDHHPC_PYTHON": sys.executable, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["sbatch", "--wait", "--partition=debug", "--nodes=1", "--ntasks-per-node=1",
+                           "--cpus-per-task=2", "--mem=4G", "--time=15", f"--output={log}", "--chdir", str(REPO),
+                           str(REPO / "slurm" / "ray-on-slurm.sh"), "--job", str(job)],
+                          env=env, capture_output=True, text=True, timeout=560)
+    output = log.read_text() if log.exists() else ""
+    assert done.returncode == 0, f"{done.stderr}\n{output[-3000:]}"
+    assert "ray-on-slurm: head" in output and "Started a local Ray instance" not in output
+    assert len(_trial_params(config)) == 2
