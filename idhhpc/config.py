@@ -91,6 +91,7 @@ class ModelConfig(Section):
     channels_last: bool = False
     bn_momentum: float = Field(0.1, gt=0, le=1)
     calibration_samples: int = Field(32, ge=0)
+    freeze_batchnorm: bool = True
 
 
 class TrainConfig(Section):

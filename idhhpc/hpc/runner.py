@@ -7,11 +7,12 @@ linked by ``afterok`` dependencies, and the launcher returns unless asked to wai
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import submitit
 from tqdm import tqdm
@@ -63,22 +64,33 @@ def _run_throttled(executor: submitit.Executor, step: Step, config: JobConfig, t
                    parallelism: int, record: StepRecord, progress: bool) -> list[Any]:
     function, pending, running, results = step.function(), list(enumerate(tasks)), [], {}
     bar = tqdm(total=len(tasks), desc=step.name, unit="task", disable=not progress or len(tasks) < 2, leave=False)
-    while pending or running:
-        while pending and len(running) < parallelism:
-            position, args = pending.pop(0)
-            job = executor.submit(function, config, *args)
-            record.job_ids.append(str(job.job_id))
-            record.logs.append(str(job.paths.stdout))
-            running.append((position, job))
-        finished = [(p, j) for p, j in running if _is_done(j)]
-        for position, job in finished:
-            running.remove((position, job))
-            results[position] = _result_or_raise(step, job, record, config)
-            bar.update(1)
-        if running and not finished:
-            time.sleep(0.2)
-    bar.close()
+    try:
+        while pending or running:
+            while pending and len(running) < parallelism:
+                position, args = pending.pop(0)
+                job = executor.submit(function, config, *args)
+                record.job_ids.append(str(job.job_id))
+                record.logs.append(str(job.paths.stdout))
+                running.append((position, job))
+            finished = [(p, j) for p, j in running if _is_done(j)]
+            for position, job in finished:
+                running.remove((position, job))
+                results[position] = _result_or_raise(step, job, record, config)
+                bar.update(1)
+            if running and not finished:
+                time.sleep(0.2)
+    except BaseException:
+        _cancel(job for _, job in running)  # Ctrl-C or a failed task: leave no orphan processes
+        raise
+    finally:
+        bar.close()
     return [results[i] for i in range(len(tasks))]
+
+
+def _cancel(jobs: Iterable[submitit.Job]) -> None:
+    for job in jobs:
+        with contextlib.suppress(Exception):
+            job.cancel(check=False)
 
 
 def _is_done(job: submitit.Job) -> bool:

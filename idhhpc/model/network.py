@@ -48,9 +48,11 @@ class IDHNet(nn.Module):
         trainable_stages: int = 2,
         activation_checkpointing: bool = False,
         channels_last: bool = False,
+        freeze_batchnorm: bool = False,
     ) -> None:
         super().__init__()
         self.net = net
+        self.freeze_batchnorm = freeze_batchnorm
         self.variant = variant_name(variant)
         self.activation_checkpointing = activation_checkpointing
         self.channels_last = channels_last
@@ -68,10 +70,19 @@ class IDHNet(nn.Module):
         return stem + list(self.net._blocks[: self.num_frozen_stages])
 
     def train(self, mode: bool = True) -> IDHNet:
-        """Switch modes like ``nn.Module.train`` but keep frozen modules in eval mode."""
+        """Switch modes like ``nn.Module.train`` but keep frozen modules in eval mode.
+
+        With ``freeze_batchnorm`` every BatchNorm also normalises with its running statistics
+        while its scale and shift still learn: micro-batches of two volumes, whose last stages
+        hold a handful of voxels, give batch statistics too noisy to train with.
+        """
         super().train(mode)
         for module in self.frozen_modules():
             module.eval()
+        if self.freeze_batchnorm:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     @contextlib.contextmanager
@@ -154,12 +165,14 @@ def build_model(
     channels_last: bool = False,
     pretrained_2d: str | Path | None = None,
     bn_momentum: float = 0.1,
+    freeze_batchnorm: bool = False,
 ) -> IDHNet:
     """Build the 3D classifier; ``pretrained_2d`` names a local 2D MONAI state dict to inflate.
 
     ``bn_momentum`` defaults to PyTorch's 0.1 rather than TensorFlow's 0.01 (MONAI's default):
     a fine-tuning run on a few hundred volumes makes too few steps for 0.01 to track the
-    trainable stages' statistics, and validation then sees stale ones.
+    trainable stages' statistics, and validation then sees stale ones. The new classifier starts
+    near zero (std 0.01), so the first logits are about 0 (loss log 2) instead of MONAI's ±10.
     """
     name = variant_name(variant)
     net = EfficientNetBN(
@@ -167,7 +180,9 @@ def build_model(
         norm=("batch", {"eps": 1e-3, "momentum": bn_momentum}),
     )
     net._dropout = nn.Dropout(dropout)
-    model = IDHNet(net, name, trainable_stages, activation_checkpointing, channels_last)
+    nn.init.normal_(net._fc.weight, std=0.01)
+    nn.init.zeros_(net._fc.bias)
+    model = IDHNet(net, name, trainable_stages, activation_checkpointing, channels_last, freeze_batchnorm)
     if pretrained_2d is not None:
         from idhhpc.model.inflate import load_pretrained_2d
 

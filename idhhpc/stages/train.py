@@ -26,7 +26,7 @@ from idhhpc.model.network import IDHNet, build_model
 from idhhpc.stages.split import load_splits
 from idhhpc.stages.track import stage_run
 from idhhpc.train import distributed
-from idhhpc.train.checkpoint import load_checkpoint
+from idhhpc.train.checkpoint import LAST_NAME, load_checkpoint
 from idhhpc.train.preemption import TrainingJob
 from idhhpc.train.settings import TrainSettings
 from idhhpc.train.stopping import StopRequest
@@ -63,7 +63,8 @@ def build_network(config: JobConfig) -> IDHNet:
         return build_model(variant=m.variant, in_channels=len(config.data.modalities), num_classes=2,
                            dropout=m.dropout, trainable_stages=m.trainable_stages,
                            activation_checkpointing=m.activation_checkpointing, channels_last=m.channels_last,
-                           pretrained_2d=m.pretrained_2d, bn_momentum=m.bn_momentum)
+                           pretrained_2d=m.pretrained_2d, bn_momentum=m.bn_momentum,
+                           freeze_batchnorm=m.freeze_batchnorm)
 
 
 def calibrated_network(config: JobConfig, train_ds: ShardDataset) -> IDHNet:
@@ -72,7 +73,9 @@ def calibrated_network(config: JobConfig, train_ds: ShardDataset) -> IDHNet:
     model = build_network(config)
     count = min(config.model.calibration_samples, len(train_ds))
     if config.model.pretrained_2d is None and count:
-        batches = DataLoader(Subset(train_ds, range(count)), batch_size=config.train.micro_batch)
+        # drop_last: a lone volume has no batch statistics once the maps shrink to one voxel
+        batches = DataLoader(Subset(train_ds, range(count)), batch_size=max(2, config.train.micro_batch),
+                             drop_last=count >= 2)
         calibrate_batchnorm(model, (batch["image"] for batch in batches))
     return model
 
@@ -88,14 +91,14 @@ def train_and_track(config: JobConfig, run_name: str, train_ids: list[str], val_
     run_dir = work.checkpoints(run_name)
     train_ds, val_ds = ShardDataset(work.index, train_ids), ShardDataset(work.index, val_ids)
     config_hash = config.section_hash("preprocess", "split", "model", "train")
+    network, settings = calibrated_network(config, train_ds), train_settings(config)
+    restart = _made_by_other_config(run_dir / LAST_NAME, config_hash)
     if not distributed.current().is_main:
-        train(calibrated_network(config, train_ds), train_ds, val_ds, train_settings(config), run_dir,
-              config_hash=config_hash, stop=stop)
+        train(network, train_ds, val_ds, settings, run_dir, config_hash=config_hash, stop=stop, restart=restart)
         return {}
     with stage_run(config, run_name) as run:
-        result = train(calibrated_network(config, train_ds), train_ds, val_ds, train_settings(config), run_dir,
-                       on_epoch_end=lambda epoch, metrics: run.log_metrics(_numeric(metrics), step=epoch),
-                       config_hash=config_hash, stop=stop)
+        result = train(network, train_ds, val_ds, settings, run_dir, config_hash=config_hash, stop=stop,
+                       restart=restart, on_epoch_end=lambda epoch, metrics: run.log_metrics(_numeric(metrics), step=epoch))
         selection = _selection(config, run_name, result)
         atomic_write_json(run_dir / SELECTION_FILE, selection)
         export_model(config, result, selection, run_dir / MODEL_FILE)
@@ -104,6 +107,16 @@ def train_and_track(config: JobConfig, run_name: str, train_ids: list[str], val_
         run.log_artifact(run_dir / SELECTION_FILE, "selection")
         run.log_artifact(run_dir / MODEL_FILE, "model")
     return selection
+
+
+def _made_by_other_config(last: Path, config_hash: str) -> bool:
+    """A ``last.pt`` left by a different configuration is not resumed: the run starts afresh."""
+    if not last.is_file():
+        return False
+    stale = load_checkpoint(last).get("config_hash") != config_hash
+    if stale:
+        log.warning("%s was written for another configuration; training %s from scratch", last, last.parent.name)
+    return stale
 
 
 def _selection(config: JobConfig, run_name: str, result: TrainResult) -> dict[str, Any]:
