@@ -18,12 +18,10 @@ import torch
 from idhhpc.config import load_job
 from idhhpc.data.phantoms import generate_cohort
 from idhhpc.predict import EXIT_INVALID_INPUT, PREDICTION_FILE, main
-from idhhpc.stages.cohort import run_cohort
-from idhhpc.stages.evaluate import run_evaluate
-from idhhpc.stages.preprocess import count_shards, run_merge_index, run_preprocess_shard
-from idhhpc.stages.split import load_splits, run_split
-from idhhpc.stages.train import MODEL_FILE, run_fit
+from idhhpc.stages.split import load_splits
+from idhhpc.stages.train import MODEL_FILE
 from idhhpc.workdir import WorkDir
+from tests.pipeline import run_in_process
 
 PHANTOM_SHAPE = (48, 48, 32)
 MODALITY_FILES = {"FLAIR": "FLAIR", "T1": "T1", "T1c": "T1c", "T2": "T2"}
@@ -40,13 +38,7 @@ def trained(tmp_path_factory):
                              "split.folds=2", "model.variant=b0", "model.trainable_stages=1",
                              "train.epochs=1", "train.micro_batch=2", "train.accumulate=1", "train.num_workers=0",
                              "train.device=cpu", "evaluate.bootstrap=100"])
-    run_cohort(config)
-    for shard in range(count_shards(config)):
-        run_preprocess_shard(config, shard)
-    run_merge_index(config)
-    run_split(config)
-    run_fit(config)
-    run_evaluate(config)
+    run_in_process(config, ["cohort", "preprocess", "split", "fit", "evaluate"])
     work = WorkDir(config.work_dir)
     with open(work.reports / "predictions.csv") as fh:
         evaluated = {row["patient_id"]: float(row["prob_mutant"]) for row in csv.DictReader(fh)}

@@ -67,3 +67,21 @@ def resolve_amp(amp: str, device: torch.device | str) -> tuple[torch.dtype | Non
 
 def make_scaler(use_scaler: bool, device: torch.device) -> torch.amp.GradScaler | None:
     return torch.amp.GradScaler(device.type) if use_scaler else None
+
+
+def apply_optimizer_step(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                         scaler: torch.amp.GradScaler | None, grad_clip: float | None) -> None:
+    """One optimizer step as every training loop here takes it: unscale (fp16), clip, step
+    through the scaler when there is one, clear the gradients, advance the one-cycle schedule."""
+    if scaler:
+        scaler.unscale_(optimizer)
+    if grad_clip:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()

@@ -30,7 +30,8 @@ from idhhpc.train.checkpoint import (BEST_NAME, LAST_NAME, TrainProgress, gradie
                                      load_checkpoint, restore_gradients, save_checkpoint)
 from idhhpc.train.distributed import Distributed
 from idhhpc.train.loss import make_loss
-from idhhpc.train.optim import make_optimizer, make_scaler, make_scheduler, resolve_amp, resolve_device
+from idhhpc.train.optim import (apply_optimizer_step, make_optimizer, make_scaler, make_scheduler, resolve_amp,
+                                 resolve_device)
 from idhhpc.train.sampler import epoch_batches, micro_steps_per_epoch
 from idhhpc.train.seeding import capture_rng_state, derive_seed, restore_rng_state, seeded_generator
 from idhhpc.train.settings import TrainSettings, higher_is_better
@@ -238,18 +239,7 @@ def _window_size(micro_step: int, accumulate: int, micro_steps_per_epoch: int) -
 def _optimizer_step(run: _Run) -> float:
     """Step with the accumulated window's mean gradient; returns the learning rate it used."""
     used_lr = float(run.optimizer.param_groups[0]["lr"])
-    if run.scaler:
-        run.scaler.unscale_(run.optimizer)
-    if run.settings.grad_clip:
-        params = [p for group in run.optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, run.settings.grad_clip)
-    if run.scaler:
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-    else:
-        run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scheduler.step()
+    apply_optimizer_step(run.optimizer, run.scheduler, run.scaler, run.settings.grad_clip)
     return used_lr
 
 

@@ -23,7 +23,8 @@ from idhhpc.data.augment import AugmentedDataset, make_train_transform
 from idhhpc.data.dataset import ShardDataset
 from idhhpc.model.network import IDHNet
 from idhhpc.train.loss import make_loss
-from idhhpc.train.optim import make_optimizer, make_scaler, make_scheduler, resolve_amp, resolve_device
+from idhhpc.train.optim import (apply_optimizer_step, make_optimizer, make_scaler, make_scheduler, resolve_amp,
+                                 resolve_device)
 from idhhpc.train.sampler import make_sampler
 from idhhpc.train.seeding import derive_seed
 from idhhpc.train.settings import TrainSettings
@@ -156,16 +157,5 @@ def _epoch_batches(labels: list[int], settings: TrainSettings, epoch: int) -> li
 
 
 def _optimizer_step(fold: _Fold, grad_clip: float | None) -> None:
-    if fold.scaler:
-        fold.scaler.unscale_(fold.optimizer)
-    if grad_clip:
-        params = [p for group in fold.optimizer.param_groups for p in group["params"]]
-        nn.utils.clip_grad_norm_(params, grad_clip)
-    if fold.scaler:
-        fold.scaler.step(fold.optimizer)
-        fold.scaler.update()
-    else:
-        fold.optimizer.step()
-    fold.optimizer.zero_grad(set_to_none=True)
-    fold.scheduler.step()
+    apply_optimizer_step(fold.optimizer, fold.scheduler, fold.scaler, grad_clip)
 

@@ -21,13 +21,12 @@ from idhhpc.data.phantoms import generate_cohort
 from idhhpc.explain.gradcam import compute_cam
 from idhhpc.explain.stats import cam_statistics
 from idhhpc.model.params import default_cam_layer
-from idhhpc.stages.cohort import run_cohort
 from idhhpc.stages.evaluate import load_trained
-from idhhpc.stages.preprocess import count_shards, run_merge_index, run_preprocess_shard
-from idhhpc.stages.split import load_splits, run_split
-from idhhpc.stages.train import SELECTION_FILE, run_fit
+from idhhpc.stages.split import load_splits
+from idhhpc.stages.train import SELECTION_FILE
 from idhhpc.train.optim import resolve_device
 from idhhpc.workdir import WorkDir
+from tests.pipeline import run_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +46,7 @@ def fitted(tmp_path_factory):
                     progress=False)
     config = load_job(None, [f"work_dir={base / 'work'}", f"data.root={base / 'cohort'}", "data.phantom=null",
                              "data.min_patients=20", "seed=0", *LEARNING_JOB])
-    run_cohort(config)
-    for shard in range(count_shards(config)):
-        run_preprocess_shard(config, shard)
-    run_merge_index(config)
-    run_split(config)
-    run_fit(config)
+    run_in_process(config, ["cohort", "preprocess", "split", "fit"])
     selection = json.loads((WorkDir(config.work_dir).checkpoints("fit") / SELECTION_FILE).read_text())
     return config, selection
 
