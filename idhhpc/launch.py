@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def launch(steps: list[Step], config: JobConfig, args: argparse.Namespace) -> int:
     from idhhpc.hpc.verify import plan_skips, previous_config
-    from idhhpc.stages.track import open_launch_run
+    from idhhpc.stages.track import close_launch_run, open_launch_run
 
     if config.hpc.executor == "slurm":
         require_sbatch()
@@ -82,8 +82,17 @@ def launch(steps: list[Step], config: JobConfig, args: argparse.Namespace) -> in
         records, _ = submit_to_slurm(steps, config, folder, skip)
         print(format_table(records))
         print(_where(config))
-        return _wait_for(records, config) if args.wait else 0
-    records = run_locally(steps, config, config.hpc.executor, folder, progress=not args.quiet, skip=skip)
+        if not args.wait:
+            return 0
+        code = _wait_for(records, config)
+        close_launch_run(config, "FINISHED" if code == 0 else "FAILED")
+        return code
+    try:
+        records = run_locally(steps, config, config.hpc.executor, folder, progress=not args.quiet, skip=skip)
+    except BaseException:
+        close_launch_run(config, "FAILED")
+        raise
+    close_launch_run(config, "FINISHED")
     print(format_table(records))
     print(_where(config))
     return 0

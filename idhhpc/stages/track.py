@@ -7,6 +7,8 @@ import json
 import logging
 from typing import Iterator
 
+from mlflow.tracking import MlflowClient
+
 from idhhpc.config import JobConfig
 from idhhpc.tracking import RunHandle, Tracker, default_tracking_uri, flatten_params
 from idhhpc.workdir import WorkDir
@@ -35,6 +37,17 @@ def open_launch_run(config: JobConfig) -> JobConfig:
         log.warning("MLflow at %s is unreachable: stage runs will not be grouped under a launch run", uri)
     tracking = config.tracking.model_copy(update={"uri": uri, "parent_run_id": run.run_id})
     return config.model_copy(update={"tracking": tracking})
+
+
+def close_launch_run(config: JobConfig, status: str) -> None:
+    """Mark the launch run ended once its jobs are; a tracking outage only costs a warning."""
+    run_id = config.tracking.parent_run_id
+    if run_id is None:
+        return
+    try:
+        MlflowClient(tracking_uri(config)).set_terminated(run_id, status)
+    except Exception as err:  # noqa: BLE001 - the results are on disk; tracking must not fail the launch
+        log.warning("could not mark MLflow run %s %s: %s", run_id, status, err)
 
 
 @contextlib.contextmanager
