@@ -47,6 +47,7 @@ def save_overlay(
         raise ValueError(f"overlay needs one shape: flair {flair.shape}, cam {cam.shape}, "
                          f"tumor {None if tumor_mask is None else tumor_mask.shape}")
     tumor = None if tumor_mask is None or not np.any(tumor_mask) else tumor_mask > 0
+    cam = np.where(flair != 0, cam, 0.0)  # preprocessing zeroes everything outside the brain
     centres = {"CAM peak": np.unravel_index(np.argmax(cam), cam.shape)}
     if tumor is not None:
         centres["tumor centroid"] = tuple(int(round(c)) for c in ndimage.center_of_mass(tumor))
