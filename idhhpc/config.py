@@ -186,6 +186,17 @@ class HpcConfig(Section):
             Resources(**override)
         return value
 
+    @model_validator(mode="after")
+    def _one_task_per_gpu(self) -> "HpcConfig":
+        """Training runs one DDP rank per GPU; more GPUs than tasks would sit idle."""
+        for stage in ("cv", "fit"):
+            resources = self.for_stage(stage)
+            if resources.gpus_per_node > 1 and resources.tasks_per_node != resources.gpus_per_node:
+                raise ValueError(f"hpc.stages.{stage}: gpus_per_node={resources.gpus_per_node} needs "
+                                 f"tasks_per_node={resources.gpus_per_node} (one training task per GPU), "
+                                 f"got {resources.tasks_per_node}")
+        return self
+
     def for_stage(self, stage: str) -> Resources:
         merged = self.resources.model_dump() | self.stages.get(stage, {})
         return Resources(**merged)

@@ -61,7 +61,7 @@ def test_layout_requires_its_source(tmp_path):
 
 
 def test_per_stage_resources_merge_over_defaults(tmp_path):
-    path = write_job(tmp_path, "data: {root: x}\nhpc: {resources: {partition: cpu, mem_gb: 4}, stages: {fit: {partition: gpu, gpus_per_node: 2}}}\n")
+    path = write_job(tmp_path, "data: {root: x}\nhpc: {resources: {partition: cpu, mem_gb: 4}, stages: {fit: {partition: gpu, gpus_per_node: 2, tasks_per_node: 2}}}\n")
     config = load_job(path)
     fit, cohort = config.hpc.for_stage("fit"), config.hpc.for_stage("cohort")
     assert (fit.partition, fit.gpus_per_node, fit.mem_gb) == ("gpu", 2, 4)
@@ -81,3 +81,11 @@ def test_section_hash_changes_with_its_sections_only():
     other_train = load_job(None, ["train.epochs=99"])
     assert base.section_hash("preprocess") == other_train.section_hash("preprocess")
     assert base.section_hash("train") != other_train.section_hash("train")
+
+
+def test_multi_gpu_training_needs_one_task_per_gpu(tmp_path):
+    path = write_job(tmp_path, "data: {root: x}\nhpc: {stages: {fit: {gpus_per_node: 4}}}\n")
+    with pytest.raises(ConfigError, match="tasks_per_node=4"):
+        load_job(path)
+    config = load_job(path, ["hpc.stages.fit.tasks_per_node=4"])
+    assert config.hpc.for_stage("fit").tasks_per_node == 4
