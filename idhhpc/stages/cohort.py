@@ -71,13 +71,17 @@ PHANTOM_SPEC_FILE = "phantom-spec.json"
 
 def ensure_phantom_cohort(config: JobConfig) -> None:
     """Generate the configured phantom cohort into ``data.root``, atomically, unless the folder
-    already holds a cohort made from the same spec (a changed spec regenerates it)."""
+    already holds a cohort made from the same spec (a changed spec regenerates it) or a real
+    UCSF-PDGM download (so ``--set data.root=...`` on the default job just works)."""
     spec, root = config.data.phantom, config.data.root
     if spec is None:
         return
     wanted = spec.model_dump_json()
     marker = root / PHANTOM_SPEC_FILE
     if marker.is_file() and marker.read_text() == wanted:
+        return
+    if not marker.is_file() and any(root.glob("UCSF-PDGM-metadata*.csv")):
+        log.info("%s holds a UCSF-PDGM dataset: using it instead of generating phantoms", root)
         return
     if root.is_dir() and not marker.is_file() and any(root.iterdir()):
         raise FileExistsError(f"{root}: data.phantom is set but this folder holds other data; "

@@ -43,3 +43,14 @@ def test_refuses_to_overwrite_real_data_with_phantoms(tmp_path):
 def test_too_few_patients_fails_with_the_summary(tmp_path):
     with pytest.raises(TooFewPatients, match="only 20 usable patients"):
         run_cohort(job(tmp_path, "data.min_patients=30"))
+
+
+def test_real_dataset_at_root_is_used_instead_of_phantoms(tmp_path):
+    from tests.data.ucsf_layout import write_metadata, write_patient
+
+    for number in range(4, 10):
+        write_patient(tmp_path / "cohort", f"UCSF-PDGM-{number:04d}")
+    write_metadata(tmp_path / "cohort", [(f"UCSF-PDGM-{n:03d}", "wildtype" if n % 2 else "IDH1 p.R132H") for n in range(4, 10)])
+    summary = run_cohort(job(tmp_path))
+    assert summary.included == 6
+    assert not (tmp_path / "cohort" / "phantom-spec.json").exists()
