@@ -16,7 +16,8 @@ import torch
 from ray import tune
 
 from idhhpc.config import JobConfig
-from idhhpc.stages.train import build_network, train_settings
+from idhhpc.data.dataset import ShardDataset
+from idhhpc.stages.train import calibrated_network, train_settings
 from idhhpc.train.seeding import derive_seed
 from idhhpc.tune.folds import checked_folds
 from idhhpc.tune.lockstep import LockstepCV
@@ -38,8 +39,10 @@ def trial_job(job: JobConfig, trial_config: dict[str, Any]) -> JobConfig:
 def build_cv(job: JobConfig, folds: list[dict[str, list[str]]]) -> LockstepCV:
     """Seed the network's construction, so every attempt of a trial gets the same frozen prefix."""
     work = WorkDir(job.work_dir)
+    folds = checked_folds(folds, work.splits)
     torch.manual_seed(derive_seed(job.seed, MODEL_STREAM))
-    return LockstepCV(build_network(job), checked_folds(folds, work.splits), work.index, train_settings(job))
+    model = calibrated_network(job, ShardDataset(work.index, folds[0]["train"]))
+    return LockstepCV(model, folds, work.index, train_settings(job))
 
 
 def cv_trainable(trial_config: dict[str, Any], job_json: str, folds: list[dict[str, list[str]]],
