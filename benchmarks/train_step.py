@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from idhhpc.train.loss import make_loss
-from idhhpc.train.optim import make_optimizer, resolve_amp
+from idhhpc.train.optim import apply_optimizer_step, make_optimizer, resolve_amp
 from idhhpc.train.settings import TrainSettings
 from idhhpc.train.validation import autocast_context
 
@@ -83,15 +83,7 @@ def optimizer_step(model, optimizer, scaler, loss_fn, images, labels, amp_dtype,
             logits = model(images)
         loss = loss_fn(logits.float(), labels) / accumulate
         (scaler.scale(loss) if scaler else loss).backward()
-    if scaler:
-        scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1.0)
-    if scaler:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    apply_optimizer_step(optimizer, None, scaler, grad_clip=1.0)
 
 
 def limit_memory(device: torch.device, gib: float) -> None:

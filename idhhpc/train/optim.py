@@ -69,7 +69,7 @@ def make_scaler(use_scaler: bool, device: torch.device) -> torch.amp.GradScaler 
     return torch.amp.GradScaler(device.type) if use_scaler else None
 
 
-def apply_optimizer_step(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+def apply_optimizer_step(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None,
                          scaler: torch.amp.GradScaler | None, grad_clip: float | None) -> None:
     """One optimizer step as every training loop here takes it: unscale (fp16), clip, step
     through the scaler when there is one, clear the gradients, advance the one-cycle schedule."""
@@ -84,4 +84,5 @@ def apply_optimizer_step(optimizer: torch.optim.Optimizer, scheduler: torch.opti
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    scheduler.step()
+    if scheduler is not None:
+        scheduler.step()
