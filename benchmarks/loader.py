@@ -19,13 +19,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from preprocess import make_cohort, monai_pipeline  # benchmarks/preprocess.py
 from torch.utils.data import DataLoader, Dataset
 
-from idhhpc.data.dataset import ShardDataset
-from idhhpc.data.preprocess import PreprocessSettings, preprocess_case, settings_hash
 import idhhpc.data.shards as shards_module
+from idhhpc.config import PreprocessConfig
+from idhhpc.data.dataset import ShardDataset
+from idhhpc.data.preprocess import preprocess_case, settings_hash
 from idhhpc.data.shards import COMPRESSIONS, build_shard, merge_index, write_shard
-from preprocess import make_cohort, monai_pipeline  # benchmarks/preprocess.py
 
 MODALITIES = ["FLAIR", "T1", "T1c", "T2"]
 
@@ -114,7 +115,7 @@ def main() -> None:
     parser.add_argument("--compression", default="zstd", choices=COMPRESSIONS)
     parser.add_argument("--compare-compression", action="store_true")
     args = parser.parse_args()
-    settings = PreprocessSettings(size=args.size)
+    settings = PreprocessConfig(size=args.size)
     shash = settings_hash(settings, MODALITIES)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -2,23 +2,25 @@
 
     python benchmarks/preprocess.py [--patients 4] [--shape 240 240 155] [--size 128]
 
-Phantoms come from ``idhhpc.data.phantoms`` when it exists, else from synthetic volumes written
+Phantoms come from ``idhhpc.phantoms`` when it exists, else from synthetic volumes written
 here (float32 noise inside an ellipsoid brain, which compresses about like real MRI).
 """
 
 from __future__ import annotations
 
 import argparse
-import warnings
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from idhhpc.data.cases import DEFAULT_MODALITIES, CaseFiles
-from idhhpc.data.preprocess import PreprocessSettings, preprocess_case
+from idhhpc.config import PreprocessConfig
+from idhhpc.constants import MODALITIES
+from idhhpc.data.cases import CaseFiles
+from idhhpc.data.preprocess import preprocess_case
 
 
 def _synthetic_patient(folder: Path, pid: str, shape: tuple[int, int, int], rng: np.random.Generator) -> None:
@@ -31,7 +33,7 @@ def _synthetic_patient(folder: Path, pid: str, shape: tuple[int, int, int], rng:
     tumor[((x - 0.2) ** 2 + y**2 + (z - 0.1) ** 2) <= 0.04] = 2
     tumor[((x - 0.2) ** 2 + y**2 + (z - 0.1) ** 2) <= 0.01] = 4
     affine = np.diag([-1.0, -1.0, 1.0, 1.0])
-    for k, name in enumerate(DEFAULT_MODALITIES):
+    for k, name in enumerate(MODALITIES):
         signal = 400 + 100 * k + 150 * np.cos(3 * radius) + rng.normal(0, 20, shape).astype(np.float32)
         nib.save(nib.Nifti1Image(np.where(brain, signal, 0).astype(np.float32), affine),
                  folder / f"{pid}_{name}.nii.gz")
@@ -42,7 +44,7 @@ def _synthetic_patient(folder: Path, pid: str, shape: tuple[int, int, int], rng:
 def make_cohort(out_dir: Path, n_patients: int, shape: tuple[int, int, int], seed: int = 0) -> list[CaseFiles]:
     """Phantom patients in UCSF-PDGM layout (real generator if available) as CaseFiles."""
     try:
-        from idhhpc.data.phantoms import generate_cohort
+        from idhhpc.phantoms import generate_cohort
         generate_cohort(out_dir, n_patients, seed, shape=shape)
         source = "phantoms"
     except ImportError:
@@ -54,7 +56,7 @@ def make_cohort(out_dir: Path, n_patients: int, shape: tuple[int, int, int], see
     cases = []
     for folder in sorted(out_dir.glob("UCSF-PDGM-*_nifti")):
         pid = folder.name.removesuffix("_nifti")
-        images = {m: folder / f"{pid}_{m}.nii.gz" for m in DEFAULT_MODALITIES}
+        images = {m: folder / f"{pid}_{m}.nii.gz" for m in MODALITIES}
         cases.append(CaseFiles(pid, 0, images, folder / f"{pid}_brain_segmentation.nii.gz",
                                folder / f"{pid}_tumor_segmentation.nii.gz"))
     print(f"cohort: {len(cases)} patients of shape {shape} ({source})")
@@ -63,8 +65,17 @@ def make_cohort(out_dir: Path, n_patients: int, shape: tuple[int, int, int], see
 
 def monai_pipeline(size: int):
     """The straightforward MONAI way to get the same (C,S,S,S) z-scored tensor."""
-    from monai.transforms import (Compose, CropForegroundd, EnsureChannelFirstd, LoadImaged, Lambdad,
-                                  NormalizeIntensityd, Orientationd, Resized, SpatialPad)
+    from monai.transforms import (
+        Compose,
+        CropForegroundd,
+        EnsureChannelFirstd,
+        Lambdad,
+        LoadImaged,
+        NormalizeIntensityd,
+        Orientationd,
+        Resized,
+        SpatialPad,
+    )
 
     def pad_to_cube(image):
         return SpatialPad([max(image.shape[1:])] * 3)(image)
@@ -103,7 +114,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    settings = PreprocessSettings(size=args.size)
+    settings = PreprocessConfig(size=args.size)
     with tempfile.TemporaryDirectory() as tmp:
         cases = make_cohort(Path(tmp), args.patients, tuple(args.shape))
         pipeline = monai_pipeline(args.size)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import torch
 
+from idhhpc.config import TrainConfig
+from idhhpc.devices import resolve_amp
 from idhhpc.train.loss import make_loss
-from idhhpc.train.optim import apply_optimizer_step, make_optimizer, resolve_amp
-from idhhpc.train.settings import TrainSettings
-from idhhpc.train.validation import autocast_context
+from idhhpc.train.optim import make_optimizer, make_scaler
+from idhhpc.train.step import Optimization, training_step
 
 
 @dataclass
@@ -53,13 +54,13 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict
 
     torch.manual_seed(0)
     model = build_model(args.variant, trainable_stages=args.trainable_stages, channels_last=case.channels_last).to(device)
-    settings = TrainSettings(micro_batch=args.micro_batch, accumulate=args.accumulate, amp=case.amp)
-    optimizer, loss_fn = make_optimizer(model, settings), make_loss(settings)
+    settings = TrainConfig(micro_batch=args.micro_batch, accumulate=args.accumulate, amp=case.amp)
     amp_dtype, use_scaler = resolve_amp(case.amp, device)
-    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
-    images = torch.randn(args.micro_batch, 4, args.size, args.size, args.size, device=device)
-    labels = torch.arange(args.micro_batch, device=device) % 2
-    step = lambda: optimizer_step(model, optimizer, scaler, loss_fn, images, labels, amp_dtype, args.accumulate)
+    opt = Optimization(model, make_optimizer(model, settings), None, make_scaler(use_scaler, device),
+                       make_loss(settings), device, amp_dtype, grad_clip=1.0)
+    batch = {"image": torch.randn(args.micro_batch, 4, args.size, args.size, args.size, device=device),
+             "label": torch.arange(args.micro_batch, device=device) % 2}
+    step = lambda: optimizer_step(model, opt, batch, args.accumulate)
     for _ in range(args.warmup):
         step()
     if device.type == "cuda":
@@ -76,14 +77,11 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict
     return {"name": case.name, "samples_per_s": samples / seconds, "peak_gib": peak}
 
 
-def optimizer_step(model, optimizer, scaler, loss_fn, images, labels, amp_dtype, accumulate) -> None:
+def optimizer_step(model, opt: Optimization, batch: dict, accumulate: int) -> None:
+    """One optimizer step: ``accumulate`` micro-steps exactly as the trainer takes them."""
     model.train()
-    for _ in range(accumulate):
-        with autocast_context(images.device, amp_dtype):
-            logits = model(images)
-        loss = loss_fn(logits.float(), labels) / accumulate
-        (scaler.scale(loss) if scaler else loss).backward()
-    apply_optimizer_step(optimizer, None, scaler, grad_clip=1.0)
+    for micro_step in range(accumulate):
+        training_step(opt, batch, accumulate, ends_window=micro_step == accumulate - 1)
 
 
 def limit_memory(device: torch.device, gib: float) -> None:

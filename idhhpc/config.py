@@ -15,8 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-MODALITIES = ("FLAIR", "T1", "T1c", "T2")
-STAGES = ("cohort", "preprocess", "split", "tune", "cv", "fit", "evaluate", "explain")
+from idhhpc.atomic import atomic_write_text
+from idhhpc.constants import MODALITIES, STAGES
 
 
 class ConfigError(ValueError):
@@ -114,6 +114,9 @@ class TrainConfig(Section):
     augment: bool = True
     checkpoint_every_steps: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    memory_budget_gb: float | None = Field(None, gt=0)
+    """When set, micro_batch becomes the largest divisor of micro_batch x accumulate whose measured
+    training memory fits this budget (accumulate grows to keep the effective batch)."""
 
 
 class EvaluateConfig(Section):
@@ -221,14 +224,20 @@ class JobConfig(Section):
     hpc: HpcConfig = Field(default_factory=HpcConfig)
 
     def section_hash(self, *sections: str) -> str:
-        """Stable hash of some sections: what decides whether an output is still valid."""
-        payload = {name: _jsonable(getattr(self, name)) for name in sections}
+        """Stable hash of some sections and the seed: what decides whether an output is still valid."""
+        payload = {name: jsonable(getattr(self, name)) for name in sections}
         payload["seed"] = self.seed
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+        return fingerprint(payload)
 
 
-def _jsonable(section: BaseModel) -> Any:
+def jsonable(section: BaseModel) -> Any:
     return json.loads(section.model_dump_json())
+
+
+def fingerprint(payload: Any) -> str:
+    """The one hashing scheme for "did this change": sha256 of canonical JSON, 16 hex digits."""
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 
 def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
@@ -305,7 +314,5 @@ def _allowed_keys(location: tuple) -> list[str]:
 
 def save_resolved(config: JobConfig, path: Path) -> None:
     """Write the fully resolved configuration beside the outputs it produced."""
-    from idhhpc.io import atomic_write_text
-
     text = yaml.safe_dump(json.loads(config.model_dump_json()), sort_keys=False)
     atomic_write_text(path, text)

@@ -12,10 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-from idhhpc.config import STAGES, ConfigError, JobConfig, load_job, save_resolved
+from idhhpc.config import ConfigError, JobConfig, load_job, save_resolved
+from idhhpc.constants import STAGES
 from idhhpc.hpc.executors import SlurmNotAvailable, require_sbatch, sbatch_preview
-from idhhpc.hpc.pipeline import Step, build_steps
+from idhhpc.hpc.pipeline import build_steps, plan_skips, previous_config
 from idhhpc.hpc.runner import StageFailed, format_table, run_locally, submit_to_slurm
+from idhhpc.stages.step import Step
 from idhhpc.workdir import WorkDir
 
 log = logging.getLogger("idhhpc.launch")
@@ -65,8 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def launch(steps: list[Step], config: JobConfig, args: argparse.Namespace) -> int:
-    from idhhpc.hpc.verify import plan_skips, previous_config
-    from idhhpc.stages.track import close_launch_run, open_launch_run
+    from idhhpc.tracking.runs import close_launch_run, open_launch_run
 
     if config.hpc.executor == "slurm":
         require_sbatch()
@@ -101,8 +102,8 @@ def launch(steps: list[Step], config: JobConfig, args: argparse.Namespace) -> in
 def _where(config: JobConfig) -> str:
     work = WorkDir(config.work_dir)
     lines = [f"work dir: {work.root}", f"MLflow:   {config.tracking.uri}  (parent run {config.tracking.parent_run_id})"]
-    if (work.reports / "report.md").is_file():
-        lines.append(f"report:   {work.reports / 'report.md'}")
+    if work.report.is_file():
+        lines.append(f"report:   {work.report}")
     lines.append(f"compare runs: mlflow ui --backend-store-uri {config.tracking.uri} --host 127.0.0.1")
     return "\n".join(lines)
 
@@ -115,8 +116,8 @@ def _wait_for(records: list, config: JobConfig) -> int:
     print(format_table(records))
     if not outcome.ok:
         print(outcome.report(), file=sys.stderr)
-    elif (WorkDir(config.work_dir).reports / "report.md").is_file():
-        print(f"report:   {WorkDir(config.work_dir).reports / 'report.md'}")
+    elif WorkDir(config.work_dir).report.is_file():
+        print(f"report:   {WorkDir(config.work_dir).report}")
     return 0 if outcome.ok else 1
 
 

@@ -14,6 +14,7 @@ folder that is renamed into place.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import sys
 import tempfile
@@ -22,40 +23,43 @@ from typing import Any
 
 import torch
 
-from idhhpc.data.cases import PreprocessedCase
+from idhhpc.atomic import atomic_write_json
+from idhhpc.constants import CLASS_NAMES
+from idhhpc.data.cases import CaseFiles, CaseRejected, PreprocessedCase
+from idhhpc.data.cohort import case_from_folder
 from idhhpc.data.geometry import output_affine, to_native
-from idhhpc.explain.cases import explain_cases
-from idhhpc.inference import (ExportedModel, InvalidInput, build_trained_network, find_patient_files,
-                              finite_or_none, load_exported, mutant_probability, preprocess_patient)
-from idhhpc.io import atomic_write_json
-from idhhpc.model.params import default_cam_layer
-from idhhpc.train.optim import resolve_device
+from idhhpc.data.preprocess import preprocess_case
+from idhhpc.devices import resolve_device
+from idhhpc.explain.explainer import explain_cases
+from idhhpc.ids import UnsafePatientId, validate_patient_id
+from idhhpc.predictor import ModelFileError, Predictor
 
 EXIT_INVALID_INPUT = 2
-CLASS_NAMES = {0: "IDH-wildtype", 1: "IDH-mutant"}
 PREDICTION_FILE = "prediction.json"
+
+
+class InvalidInput(ValueError):
+    """A model file or patient folder that cannot be used; the message says which file and why."""
 
 
 def predict(checkpoint: Path, patient_dir: Path, out: Path | None = None, device: str = "auto") -> dict[str, Any]:
     """Validate, preprocess, predict and explain one patient; raises :class:`InvalidInput` before
     writing anything when the checkpoint, the device or the patient's files cannot be used."""
-    torch_device = _device(device)
-    exported = load_exported(Path(checkpoint))
-    case_files = find_patient_files(Path(patient_dir), exported.config)
-    case = preprocess_patient(case_files, exported.config)
-    model = build_trained_network(exported, torch_device)
-    prob = mutant_probability(model, case.image, torch_device)
-    predicted = int(prob >= exported.threshold)
+    predictor = _load(Path(checkpoint), _device(device))
+    case_files = find_patient_files(Path(patient_dir), predictor)
+    case = preprocess_patient(case_files, predictor)
+    prob = predictor.predict_image(case.image)
+    predicted = int(prob >= predictor.threshold)
     out = Path(out) if out is not None else Path("idhhpc-predict") / case.patient_id
     result = {"patient_id": case.patient_id, "prob_mutant": prob, "predicted": predicted,
-              "predicted_class": CLASS_NAMES[predicted], "threshold": exported.threshold,
-              "threshold_method": exported.threshold_method, "model_run": exported.run,
-              "model_val_auc": exported.val_auc, "checkpoint": str(Path(checkpoint).resolve()),
-              "patient_dir": str(Path(patient_dir).resolve()), "device": str(torch_device),
+              "predicted_class": f"IDH-{CLASS_NAMES[predicted]}", "threshold": predictor.threshold,
+              "threshold_method": predictor.threshold_method, "model_run": predictor.run,
+              "model_val_auc": predictor.val_auc, "checkpoint": str(Path(checkpoint).resolve()),
+              "patient_dir": str(Path(patient_dir).resolve()), "device": str(predictor.device),
               "inputs": {m: str(p) for m, p in case_files.images.items()},
               "tumor_mask": str(case_files.tumor_mask) if case_files.tumor_mask else None,
               "warnings": case.warnings, "out": str(out.resolve())}
-    result["explanation"] = _explain_into(out, model, case, result, exported)
+    result["explanation"] = _explain_into(out, predictor, case, result)
     return result
 
 
@@ -65,19 +69,57 @@ def _device(name: str) -> torch.device:
     return resolve_device(name)
 
 
-def _explain_into(out: Path, model: torch.nn.Module, case: PreprocessedCase, result: dict[str, Any],
-                  exported: ExportedModel) -> dict[str, Any]:
+def _load(checkpoint: Path, device: torch.device) -> Predictor:
+    try:
+        return Predictor.load(checkpoint, device)
+    except ModelFileError as err:
+        raise InvalidInput(str(err)) from None
+
+
+def patient_id_of(folder: Path) -> str:
+    """``UCSF-PDGM-0004_nifti`` → ``UCSF-PDGM-0004``; any other folder name is taken as it is."""
+    name = Path(folder).resolve().name.removesuffix("_nifti")
+    try:
+        return validate_patient_id(name)
+    except UnsafePatientId as err:
+        raise InvalidInput(f"{folder}: folder name does not give a usable patient id: {err}") from None
+
+
+def find_patient_files(folder: Path, predictor: Predictor) -> CaseFiles:
+    """The patient's modalities (and masks) found and checked exactly as cohort ingestion does."""
+    if not folder.is_dir():
+        raise InvalidInput(f"{folder}: patient folder not found")
+    config = predictor.config
+    case, problem = case_from_folder(patient_id_of(folder), None, folder, config.data.modalities,
+                                     config.data.use_bias_corrected, config.preprocess.affine_atol)
+    if case is None:
+        raise InvalidInput(problem)
+    return case
+
+
+def preprocess_patient(case: CaseFiles, predictor: Predictor) -> PreprocessedCase:
+    try:
+        return preprocess_case(case, predictor.config.preprocess)
+    except CaseRejected as err:
+        raise InvalidInput(f"rejected by preprocessing: {err.reason}") from None
+
+
+def finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
+    """NaN is not JSON: statistics that are undefined (no tumor mask) become null."""
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
+
+
+def _explain_into(out: Path, predictor: Predictor, case: PreprocessedCase, result: dict[str, Any]) -> dict[str, Any]:
     """Run the explain stage's per-case code in a staging folder, add ``prediction.json``, rename
     the patient's part onto ``out``; the staging folder's gallery (one case) is dropped."""
-    config = exported.config
+    config = predictor.config
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         item = {"image": case.image, "label": None, "patient_id": case.patient_id, "prob": result["prob_mutant"],
                 "tumor": case.tumor, "brain": case.brain, "geometry": case.geometry,
                 "affine": output_affine(case.geometry)}
-        written = explain_cases(model, [item], staging, exported.threshold,
-                                config.explain.layer or default_cam_layer(model),
+        written = explain_cases(predictor.model, [item], staging, predictor.threshold, config.explain.layer,
                                 methods=tuple(config.explain.methods),
                                 to_native=lambda cam, c: to_native(cam, c["geometry"]))
         built = staging / case.patient_id

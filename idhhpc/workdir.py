@@ -1,10 +1,15 @@
-"""Where each stage reads and writes inside a job's work dir (the contract in DESIGN.md)."""
+"""Every path a stage reads or writes inside a job's work dir (the contract in docs/DESIGN.md).
+
+File names come from :mod:`idhhpc.constants`; only this class puts them together, so a stage
+asks for ``work.report`` instead of spelling ``reports/report.md`` itself.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from idhhpc import constants as names
 from idhhpc.ids import validate_patient_id
 
 
@@ -12,13 +17,17 @@ from idhhpc.ids import validate_patient_id
 class WorkDir:
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # --- cohort, shards, splits, configuration ---------------------------------------------------
     @property
     def manifest(self) -> Path:
-        return self.root / "cohort" / "manifest.csv"
+        return self.root / "cohort" / names.MANIFEST_FILE
 
     @property
     def quarantine(self) -> Path:
-        return self.root / "cohort" / "quarantine.csv"
+        return self.root / "cohort" / names.QUARANTINE_FILE
 
     @property
     def shards(self) -> Path:
@@ -26,28 +35,63 @@ class WorkDir:
 
     @property
     def index(self) -> Path:
-        return self.shards / "index.json"
+        return self.shards / names.SHARD_INDEX_FILE
 
     @property
     def splits(self) -> Path:
-        return self.root / "splits.json"
+        return self.root / names.SPLITS_FILE
 
     @property
     def resolved_config(self) -> Path:
-        return self.root / "config.yaml"
+        return self.root / names.RESOLVED_CONFIG_FILE
 
     @property
     def best_config(self) -> Path:
-        return self.root / "best_config.yaml"
+        return self.root / names.BEST_CONFIG_FILE
 
+    @property
+    def tune(self) -> Path:
+        return self.root / "tune"
+
+    # --- training runs ---------------------------------------------------------------------------
+    def checkpoints(self, run_name: str) -> Path:
+        """The folder of one training run (``fold-0``, ``fit``)."""
+        return self.root / "checkpoints" / validate_patient_id(run_name)
+
+    def selection(self, run_name: str) -> Path:
+        return self.checkpoints(run_name) / names.SELECTION_FILE
+
+    def exported_model(self, run_name: str) -> Path:
+        return self.checkpoints(run_name) / names.MODEL_FILE
+
+    def last_checkpoint(self, run_name: str) -> Path:
+        return self.checkpoints(run_name) / names.LAST_CHECKPOINT
+
+    # --- reports ---------------------------------------------------------------------------------
     @property
     def reports(self) -> Path:
         return self.root / "reports"
 
     @property
+    def report(self) -> Path:
+        return self.reports / names.REPORT_FILE
+
+    @property
+    def predictions(self) -> Path:
+        return self.reports / names.PREDICTIONS_FILE
+
+    @property
     def explanations(self) -> Path:
         return self.reports / "explain"
 
+    @property
+    def gallery(self) -> Path:
+        return self.explanations / names.GALLERY_FILE
+
+    def patient_report(self, patient_id: str) -> Path:
+        return self.explanations / validate_patient_id(patient_id)
+
+    # --- bookkeeping -------------------------------------------------------------------------------
     @property
     def launches(self) -> Path:
         return self.root / "launches"
@@ -55,9 +99,3 @@ class WorkDir:
     @property
     def tracking_spool(self) -> Path:
         return self.root / "tracking-spool"
-
-    def checkpoints(self, run_name: str) -> Path:
-        return self.root / "checkpoints" / validate_patient_id(run_name)
-
-    def patient_report(self, patient_id: str) -> Path:
-        return self.explanations / validate_patient_id(patient_id)

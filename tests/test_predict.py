@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from idhhpc.config import load_job
-from idhhpc.data.phantoms import generate_cohort
+from idhhpc.constants import MODEL_FILE
+from idhhpc.data.splits import load_splits
+from idhhpc.phantoms import generate_cohort
 from idhhpc.predict import EXIT_INVALID_INPUT, PREDICTION_FILE, main
-from idhhpc.stages.split import load_splits
-from idhhpc.stages.train import MODEL_FILE
 from idhhpc.workdir import WorkDir
-from tests.pipeline import run_in_process
+from tests.support.pipeline import run_in_process
 
 PHANTOM_SHAPE = (48, 48, 32)
 MODALITY_FILES = {"FLAIR": "FLAIR", "T1": "T1", "T1c": "T1c", "T2": "T2"}

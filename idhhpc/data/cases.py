@@ -8,8 +8,6 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_MODALITIES: tuple[str, ...] = ("FLAIR", "T1", "T1c", "T2")
-
 
 @dataclass(frozen=True)
 class CaseFiles:

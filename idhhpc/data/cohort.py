@@ -17,10 +17,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from idhhpc.atomic import atomic_write_text
+from idhhpc.constants import BRAIN_MASK_SUFFIX, TUMOR_MASK_SUFFIX
 from idhhpc.data import ucsf_pdgm
 from idhhpc.data.cases import CaseFiles
 from idhhpc.ids import UnsafePatientId, validate_patient_id
-from idhhpc.io import atomic_write_text
 
 MASK_COLUMNS = ("tumor_mask", "brain_mask")
 
@@ -49,7 +50,7 @@ def discover_ucsf_pdgm(root: Path, metadata_csv: Path | None, modalities: list[s
     for patient_id in sorted(set(folders) - listed):
         cohort.reject(patient_id, f"image folder {folders[patient_id]} has no row in {metadata_csv.name}")
     for patient_id in sorted(set(labels) & set(folders)):
-        case, problem = _case_from_folder(patient_id, labels[patient_id], folders[patient_id], modalities, bias_corrected)
+        case, problem = case_from_folder(patient_id, labels[patient_id], folders[patient_id], modalities, bias_corrected)
         cohort.cases.append(case) if case else cohort.reject(patient_id, problem)
     return cohort
 
@@ -94,7 +95,10 @@ def _patient_folders(root: Path, cohort: Cohort) -> dict[str, Path]:
     return folders
 
 
-def _case_from_folder(patient_id: str, label: int, folder: Path, modalities: list[str], bias: bool) -> tuple[CaseFiles | None, str]:
+def case_from_folder(patient_id: str, label: int | None, folder: Path, modalities: list[str] | tuple[str, ...],
+                     bias: bool, affine_atol: float = 1e-3) -> tuple[CaseFiles | None, str]:
+    """One patient's files in a UCSF-PDGM folder (or a folder of files named by modality), with
+    headers checked, as (case, "") or (None, the reason it cannot be used)."""
     images = {}
     for modality in modalities:
         path, problem = ucsf_pdgm.find_modality(folder, modality, bias)
@@ -105,10 +109,10 @@ def _case_from_folder(patient_id: str, label: int, folder: Path, modalities: lis
         patient_id=patient_id,
         label=label,
         images=images,
-        brain_mask=ucsf_pdgm.find_optional(folder, "_brain_segmentation"),
-        tumor_mask=ucsf_pdgm.find_optional(folder, "_tumor_segmentation"),
+        brain_mask=ucsf_pdgm.find_optional(folder, BRAIN_MASK_SUFFIX),
+        tumor_mask=ucsf_pdgm.find_optional(folder, TUMOR_MASK_SUFFIX),
     )
-    problem = check_headers(case)
+    problem = check_headers(case, affine_atol)
     return (None, problem) if problem else (case, "")
 
 

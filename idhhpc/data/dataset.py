@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from idhhpc.atomic import sha256_file
 from idhhpc.data.cases import PreprocessedCase
 from idhhpc.data.geometry import GEOMETRY_KEYS
 from idhhpc.data.shards import ShardError
-from idhhpc.io import sha256_file
 
 
 def _load_index(index_path: Path) -> dict[str, Any]:

@@ -15,14 +15,11 @@ which is smaller than the native crop.
 from __future__ import annotations
 
 import gzip
-import hashlib
-import json
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import nibabel as nib
 import numpy as np
@@ -31,6 +28,8 @@ import torch.nn.functional as F
 from nibabel import orientations
 from scipy import ndimage
 
+from idhhpc.config import PreprocessConfig, fingerprint
+from idhhpc.constants import TUMOR_LABELS
 from idhhpc.data.cases import CaseFiles, CaseRejected, PreprocessedCase
 from idhhpc.data.geometry import make_geometry
 
@@ -42,24 +41,17 @@ except ImportError:  # pragma: no cover - depends on the environment
 FORMAT_VERSION = 1
 _READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, _inflate.error,
                 nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError)
-TUMOR_LABELS = (0, 1, 2, 4)
+BRAIN_THRESHOLD = 0.0
+"""Without a brain mask file, the brain is every voxel brighter than this in any modality
+(UCSF-PDGM volumes are skull-stripped, with exact zeros outside the brain)."""
+SHARD_INDEPENDENT = frozenset({"shard_size", "compression"})
+"""Preprocess settings that change how shards are packed, not what they contain."""
 
 
-@dataclass(frozen=True)
-class PreprocessSettings:
-    size: int = 128
-    margin: int = 4
-    clip_percentiles: tuple[float, float] = (0.5, 99.5)
-    affine_atol: float = 1e-3
-    nan_policy: Literal["repair", "quarantine"] = "repair"
-    brain_threshold: float = 0.0
-
-
-def settings_hash(settings: PreprocessSettings, modalities: list[str] | tuple[str, ...]) -> str:
-    """sha256 of the canonical JSON of everything that changes the shard contents."""
-    payload = {"format_version": FORMAT_VERSION, "settings": asdict(settings), "modalities": list(modalities)}
-    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+def settings_hash(settings: PreprocessConfig, modalities: list[str] | tuple[str, ...]) -> str:
+    """Fingerprint of everything that changes the shard contents (not their packing)."""
+    return fingerprint({"format_version": FORMAT_VERSION, "modalities": list(modalities),
+                        "settings": settings.model_dump(mode="json", exclude=set(SHARD_INDEPENDENT))})
 
 
 @dataclass
@@ -244,7 +236,7 @@ def _resample_nearest(crop: np.ndarray, pad_before: np.ndarray, side: int, size:
     return resampled
 
 
-def _normalize(patient_id: str, image: np.ndarray, brain: np.ndarray, settings: PreprocessSettings,
+def _normalize(patient_id: str, image: np.ndarray, brain: np.ndarray, settings: PreprocessConfig,
                paths: list[Path]) -> np.ndarray:
     """Clip each channel to brain percentiles, z-score inside the brain, zero outside → float16."""
     out = np.zeros(image.shape, dtype=np.float16)
@@ -262,7 +254,7 @@ def _normalize(patient_id: str, image: np.ndarray, brain: np.ndarray, settings: 
     return out
 
 
-def _load_checked(patient_id: str, path: Path, kind: str, settings: PreprocessSettings) -> tuple[_Volume, list[str]]:
+def _load_checked(patient_id: str, path: Path, kind: str, settings: PreprocessConfig) -> tuple[_Volume, list[str]]:
     """Read one file and run the checks that need only that file (safe to run in a thread)."""
     volume, warnings = _load_volume(patient_id, path), []
     if kind == "image":
@@ -274,7 +266,7 @@ def _load_checked(patient_id: str, path: Path, kind: str, settings: PreprocessSe
     return volume, warnings
 
 
-def _load_case(case: CaseFiles, settings: PreprocessSettings, read_threads: int):
+def _load_case(case: CaseFiles, settings: PreprocessConfig, read_threads: int):
     """Read all files, ``read_threads`` at a time: zlib and numpy release the GIL, so threads overlap."""
     pid = case.patient_id
     jobs = [(path, "image") for path in case.images.values()]
@@ -293,17 +285,17 @@ def _load_case(case: CaseFiles, settings: PreprocessSettings, read_threads: int)
 
 
 def _brain_box(pid: str, canonical: list[np.ndarray], brain_file: _Volume | None, native_affine: np.ndarray,
-               settings: PreprocessSettings) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
+               settings: PreprocessConfig) -> tuple[np.ndarray, np.ndarray, tuple[slice, ...]]:
     """Full-size canonical brain mask (from its file, else from the images) and its crop box."""
     if brain_file is not None:
         brain_full = _to_canonical(brain_file.data, native_affine)[0] != 0
     else:
-        brain_full = _brain_from_images(canonical, settings.brain_threshold)
+        brain_full = _brain_from_images(canonical, BRAIN_THRESHOLD)
     start, stop = _crop_box(pid, brain_full, settings.margin)
     return brain_full, start, tuple(slice(a, b) for a, b in zip(start, stop))
 
 
-def preprocess_case(case: CaseFiles, settings: PreprocessSettings, read_threads: int = 2) -> PreprocessedCase:
+def preprocess_case(case: CaseFiles, settings: PreprocessConfig, read_threads: int = 2) -> PreprocessedCase:
     """Preprocess one patient or raise :class:`CaseRejected` with a one-line reason.
 
     ``read_threads`` files are decoded at once; 1 gives strictly sequential reading.

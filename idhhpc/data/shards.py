@@ -32,15 +32,15 @@ import h5py
 import hdf5plugin
 import numpy as np
 
+from idhhpc.atomic import atomic_path, atomic_write_json, sha256_file
+from idhhpc.config import PreprocessConfig
+from idhhpc.constants import SHARD_INDEX_FILE
 from idhhpc.data.cases import CaseFiles, CaseRejected, PreprocessedCase
 from idhhpc.data.geometry import GEOMETRY_KEYS
-from idhhpc.data.preprocess import FORMAT_VERSION, PreprocessSettings, preprocess_case, settings_hash
+from idhhpc.data.preprocess import FORMAT_VERSION, preprocess_case, settings_hash
 from idhhpc.ids import validate_patient_id
-from idhhpc.io import atomic_path, atomic_write_json, sha256_file
 
 COMPRESSIONS = ("none", "lzf", "gzip", "zstd")
-DEFAULT_COMPRESSION = "zstd"
-INDEX_NAME = "index.json"
 
 
 class ShardError(RuntimeError):
@@ -91,14 +91,14 @@ def _write_geometry(h5: h5py.File, cases: list[PreprocessedCase]) -> None:
 
 
 def write_shard(path: Path, cases: list[PreprocessedCase], settings_hash: str, modalities: list[str],
-                compression: str = DEFAULT_COMPRESSION, size: int | None = None) -> None:
+                compression: str, size: int | None = None) -> None:
     """Write ``cases`` into one HDF5 file atomically, one patient per image chunk.
 
     ``size`` is needed only for an empty shard (every patient quarantined).
     """
     options = compression_options(compression)
     size = int(cases[0].image.shape[-1]) if cases else int(size or 0)
-    n, c = len(cases), len(modalities)
+    c = len(modalities)
     cube = (size, size, size)
     images = np.stack([x.image for x in cases]) if cases else np.zeros((0, c, *cube), np.float16)
     brain = np.stack([x.brain for x in cases]) if cases else np.zeros((0, *cube), np.uint8)
@@ -144,7 +144,7 @@ def _select_modalities(case: CaseFiles, modalities: list[str]) -> CaseFiles:
     return dataclasses.replace(case, images={m: Path(case.images[m]) for m in modalities})
 
 
-def _preprocess_all(cases: list[CaseFiles], settings: PreprocessSettings, modalities: list[str], progress: bool):
+def _preprocess_all(cases: list[CaseFiles], settings: PreprocessConfig, modalities: list[str], progress: bool):
     done, quarantined = [], []
     if progress:
         from tqdm import tqdm
@@ -157,10 +157,14 @@ def _preprocess_all(cases: list[CaseFiles], settings: PreprocessSettings, modali
     return done, quarantined
 
 
-def build_shard(shard_index: int, cases: list[CaseFiles], shards_dir: Path, settings: PreprocessSettings,
-                modalities: list[str], compression: str = DEFAULT_COMPRESSION,
+def build_shard(shard_index: int, cases: list[CaseFiles], shards_dir: Path, settings: PreprocessConfig,
+                modalities: list[str], compression: str | None = None,
                 progress: bool = False) -> ShardReport:
-    """Preprocess ``cases`` into ``shard-{i:05d}.h5`` + sidecar, or skip if both already match."""
+    """Preprocess ``cases`` into ``shard-{i:05d}.h5`` + sidecar, or skip if both already match.
+
+    ``compression`` defaults to ``settings.compression``.
+    """
+    compression = compression or settings.compression
     shards_dir, name = Path(shards_dir), shard_name(shard_index)
     h5_path, sidecar_path = shards_dir / f"{name}.h5", shards_dir / f"{name}.json"
     shards_dir.mkdir(parents=True, exist_ok=True)
@@ -214,5 +218,5 @@ def merge_index(shards_dir: Path, n_shards: int, settings_hash: str) -> dict[str
             if pid in index["patients"]:
                 raise ShardError(f"patient {pid} appears in {index['patients'][pid]['shard']} and {sidecar['shard']}")
             index["patients"][pid] = {"shard": sidecar["shard"], "row": row, "label": label}
-    atomic_write_json(shards_dir / INDEX_NAME, index)
+    atomic_write_json(shards_dir / SHARD_INDEX_FILE, index)
     return index

@@ -12,15 +12,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from idhhpc.constants import MODALITY_ALIASES
+
+METADATA_GLOB = "UCSF-PDGM-metadata*.csv"
 _ID = re.compile(r"^(?P<prefix>UCSF-PDGM)-(?P<number>\d{1,4})(?P<followup>_FU\w*)?$", re.IGNORECASE)
 _FOLDER = re.compile(r"^(?P<id>UCSF-PDGM-\d{1,4}(?:_FU\w*?)?)_nifti$", re.IGNORECASE)
 
-MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
-    "FLAIR": ("FLAIR",),
-    "T1": ("T1",),
-    "T1c": ("T1c", "T1gad", "T1ce", "T1Gd", "T1post"),
-    "T2": ("T2",),
-}
 _WILDTYPE = {"wildtype", "wild type", "wild-type", "wt", "negative", "idh-wildtype", "0"}
 _UNLABELED = {"", "unknown", "nan", "na", "n/a", "none", "not available", "nos"}
 _MUTANT_HINTS = ("mutant", "mutated", "mutation", "idh1", "idh2", "p.r132", "p.r172", "positive")
@@ -71,7 +68,7 @@ def parse_idh(value: object) -> tuple[int | None, str | None]:
 
 def find_metadata_csv(root: Path) -> Path:
     """The newest ``UCSF-PDGM-metadata*.csv`` in the dataset folder or its parent."""
-    candidates = sorted(root.glob("UCSF-PDGM-metadata*.csv")) or sorted(root.parent.glob("UCSF-PDGM-metadata*.csv"))
+    candidates = sorted(root.glob(METADATA_GLOB)) or sorted(root.parent.glob(METADATA_GLOB))
     if not candidates:
         raise FileNotFoundError(f"{root}: no UCSF-PDGM-metadata*.csv found here or in its parent; set data.metadata_csv")
     return max(candidates, key=_version_key)
@@ -83,10 +80,17 @@ def _version_key(path: Path) -> tuple[int, str]:
 
 
 def find_modality(folder: Path, modality: str, bias_corrected: bool) -> tuple[Path | None, str | None]:
-    """The one file of ``modality`` in a patient folder, as (path, problem)."""
+    """The one file of ``modality`` in a patient folder, as (path, problem).
+
+    UCSF-PDGM names files ``<id>_<modality>.nii.gz``; a folder of users' own files named just by
+    modality (``T1gad.nii.gz``) is accepted too.
+    """
     suffix = "_bias" if bias_corrected else ""
-    wanted = {f"_{alias}{suffix}".lower() for alias in MODALITY_ALIASES[modality]}
+    aliases = MODALITY_ALIASES[modality]
+    wanted = {f"_{alias}{suffix}".lower() for alias in aliases}
     matches = [p for p in sorted(folder.iterdir()) if p.is_file() and _stem(p).lower().endswith(tuple(wanted))]
+    if not matches:
+        matches = _named_exactly(folder, tuple(f"{alias}{suffix}" for alias in aliases))
     if not matches:
         names = "/".join(f"*{w}.nii.gz" for w in sorted(wanted))
         return None, f"missing {modality}: no {names} in {folder}"
@@ -95,9 +99,16 @@ def find_modality(folder: Path, modality: str, bias_corrected: bool) -> tuple[Pa
     return matches[0], None
 
 
-def find_optional(folder: Path, suffix: str) -> Path | None:
-    matches = [p for p in sorted(folder.iterdir()) if p.is_file() and _stem(p).lower().endswith(suffix.lower())]
+def find_optional(folder: Path, name: str) -> Path | None:
+    """The one ``*_<name>.nii.gz`` (or ``<name>.nii.gz``) in ``folder``, e.g. a tumour segmentation."""
+    matches = [p for p in sorted(folder.iterdir()) if p.is_file() and _stem(p).lower().endswith(f"_{name}".lower())]
+    matches = matches or _named_exactly(folder, (name,))
     return matches[0] if len(matches) == 1 else None
+
+
+def _named_exactly(folder: Path, stems: tuple[str, ...]) -> list[Path]:
+    wanted = {stem.lower() for stem in stems}
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and _stem(p).lower() in wanted]
 
 
 def _stem(path: Path) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import rankdata
 
-from idhhpc.evaluate.inputs import CLASS_NAMES
+from idhhpc.constants import CLASS_NAMES
 
 
 def batch_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict[str, np.ndarray]:

@@ -5,9 +5,6 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-CLASS_NAMES = ("wildtype", "mutant")
-"""Label 0 is IDH wildtype, label 1 is IDH mutant (the positive class)."""
-
 
 def as_binary_arrays(y_true: ArrayLike, prob: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(y_true as int64, prob as float64)`` after rejecting inputs that would give silent nonsense."""

@@ -20,7 +20,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from idhhpc.evaluate.inputs import CLASS_NAMES, as_binary_arrays, has_both_classes
+from idhhpc.constants import CLASS_NAMES
+from idhhpc.evaluate.inputs import as_binary_arrays, has_both_classes
 
 COUNT_KEYS = ("tn", "fp", "fn", "tp")
 METRIC_KEYS = (

@@ -14,9 +14,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
-from idhhpc.evaluate.inputs import CLASS_NAMES, as_binary_arrays
+from idhhpc.atomic import atomic_path
+from idhhpc.constants import CLASS_NAMES
+from idhhpc.evaluate.inputs import as_binary_arrays
 from idhhpc.evaluate.metrics import compute_metrics, predict_labels
-from idhhpc.io import atomic_path
 
 DPI = 120
 

@@ -17,8 +17,9 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from idhhpc.explain.stats import CLASS_NAMES, TUMOR_SUBREGIONS, summarise_cam_statistics
-from idhhpc.io import atomic_write_text
+from idhhpc.atomic import atomic_write_text
+from idhhpc.constants import CLASS_NAMES, TUMOR_SUBREGIONS
+from idhhpc.explain.stats import summarise_cam_statistics
 
 _SUMMARY_ROWS = (
     ("energy in tumor", "energy_in_tumor", "chance_energy_in_tumor"),

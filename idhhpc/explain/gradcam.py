@@ -22,7 +22,9 @@ import torch
 from monai.visualize import GradCAM, GradCAMpp
 from torch import Tensor, nn
 
-MUTANT_CLASS = 1
+from idhhpc.predictor import prob_mutant
+
+HEAD_LAYER = "net._conv_head"
 CamMethod = Literal["gradcam", "gradcam++"]
 _CAM_CLASSES = {"gradcam": GradCAM, "gradcam++": GradCAMpp}
 
@@ -66,7 +68,7 @@ def compute_cam(
                                "has no explain_mode() to open the graph; pick a later layer") from None
         raw, logits = _run_cam(model, batch, target_layer, class_index, method, model.explain_mode())
     chosen = int(logits.argmax(1).item()) if class_index is None else int(class_index)
-    return CamResult(_normalise(raw[0, 0]), _prob_mutant(logits), chosen)
+    return CamResult(_normalise(raw[0, 0]), _first_prob_mutant(logits), chosen)
 
 
 class _TargetRanWithoutGrad(RuntimeError):
@@ -148,7 +150,12 @@ def _normalise(raw: Tensor) -> np.ndarray:
     return (cam / peak).astype(np.float32)
 
 
-def _prob_mutant(logits: Tensor) -> float:
-    if logits.shape[1] == 1:
-        return float(torch.sigmoid(logits[0, 0]).item())
-    return float(torch.softmax(logits.float(), dim=1)[0, MUTANT_CLASS].item())
+def _first_prob_mutant(logits: Tensor) -> float:
+    return float(prob_mutant(logits)[0].item())
+
+
+def default_cam_layer(model: nn.Module) -> str:
+    """The head convolution: the last layer that still has a spatial map."""
+    if HEAD_LAYER not in dict(model.named_modules()):
+        raise ValueError(f"model has no module {HEAD_LAYER!r}; expected an IDHNet")
+    return HEAD_LAYER

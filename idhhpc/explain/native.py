@@ -15,7 +15,7 @@ from typing import Callable
 import nibabel as nib
 import numpy as np
 
-from idhhpc.io import atomic_write_bytes
+from idhhpc.atomic import atomic_write_bytes
 
 ToNative = Callable[[np.ndarray], nib.Nifti1Image]
 

@@ -19,7 +19,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from scipy import ndimage
 
-from idhhpc.io import atomic_path
+from idhhpc.atomic import atomic_path
+from idhhpc.constants import CLASS_NAMES
 
 CAM_CMAP = "jet"
 CAM_ALPHA = 0.45
@@ -109,8 +110,7 @@ def _intensity_window(flair: np.ndarray) -> tuple[float, float]:
 def case_title(patient_id: str, label: int | None, prob_mutant: float, threshold: float,
                explained_class: int, method: str) -> str:
     """Overlay title: who, what the truth is, what the model said and which class is explained."""
-    names = {0: "wildtype", 1: "mutant"}
-    truth = "unknown" if label is None else names[int(label)]
-    predicted = names[int(prob_mutant >= threshold)]
+    truth = "unknown" if label is None else CLASS_NAMES[int(label)]
+    predicted = CLASS_NAMES[int(prob_mutant >= threshold)]
     return (f"{patient_id} | true {truth} | P(mutant)={prob_mutant:.3f} (threshold {threshold:.2f}) "
-            f"→ {predicted} | {method} for {names[explained_class]}")
+            f"→ {predicted} | {method} for {CLASS_NAMES[explained_class]}")

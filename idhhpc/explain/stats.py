@@ -13,8 +13,8 @@ from typing import Iterable, Mapping
 import numpy as np
 from scipy import ndimage
 
-TUMOR_SUBREGIONS = {"necrosis": 1, "edema": 2, "enhancing": 4}
-CLASS_NAMES = {0: "wildtype", 1: "mutant"}
+from idhhpc.constants import CLASS_NAMES, TUMOR_SUBREGIONS
+
 STATISTIC_KEYS = (
     "energy_in_tumor",
     *(f"energy_in_{name}" for name in TUMOR_SUBREGIONS),
@@ -65,7 +65,7 @@ def summarise_cam_statistics(rows: Iterable[Mapping]) -> dict[str, float]:
     rows = list(rows)
     groups = {
         "": rows,
-        **{f"_{name}": [r for r in rows if int(r["label"]) == label] for label, name in CLASS_NAMES.items()},
+        **{f"_{name}": [r for r in rows if int(r["label"]) == label] for label, name in enumerate(CLASS_NAMES)},
         "_correct": [r for r in rows if bool(r["correct"])],
         "_wrong": [r for r in rows if not bool(r["correct"])],
     }

@@ -7,14 +7,13 @@ that never comes; sacct knows at once that a dependent was cancelled because its
 
 from __future__ import annotations
 
-import subprocess
 import time
 from dataclasses import dataclass, field
 
 from idhhpc.config import JobConfig
 from idhhpc.hpc.failures import describe_failure
 from idhhpc.hpc.runner import SKIPPED, StepRecord
-from idhhpc.hpc.slurm_env import FINAL_STATES
+from idhhpc.hpc.sacct import FINAL_STATES, sacct_rows
 
 _FIELDS = ("JobID", "State", "Reason", "Start", "End")
 
@@ -36,14 +35,7 @@ class ChainOutcome:
 
 def job_states(job_ids: list[str]) -> dict[str, dict[str, str]]:
     """sacct's latest record per job or array task (or unexpanded array) by JobID."""
-    if not job_ids:
-        return {}
-    cmd = ["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", ",".join(_FIELDS)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(f"sacct failed: {result.stderr.strip()}")
-    rows = [dict(zip(_FIELDS, line.split("|"))) for line in result.stdout.splitlines() if line]
-    return {row["JobID"]: {**row, "State": (row["State"].split() or [""])[0]} for row in rows}
+    return {row["JobID"]: row for row in sacct_rows(job_ids, _FIELDS)}
 
 
 def _state_of(job_id: str, states: dict[str, dict[str, str]]) -> dict[str, str] | None:

@@ -1,71 +1,81 @@
-"""The pipeline as a list of steps: which stage function, how many array tasks, after what.
+"""The launch plan: the chosen stages' steps in pipeline order, and which of them may be skipped.
 
-Functions are named by import path and resolved only when a step runs, so planning a launch
-(or a ``--dry-run``) imports no training code and a stage can change without touching this file.
+The registry is the stage modules themselves (``idhhpc.stages.<name>.STEPS``), imported only
+for the stages a launch asks for, as submitit finds its executors by name.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Any, Callable
+import logging
+from dataclasses import replace
+
+import yaml
 
 from idhhpc.config import JobConfig
+from idhhpc.constants import STAGES
+from idhhpc.stages.step import Step
+from idhhpc.workdir import WorkDir
+
+log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Step:
-    name: str
-    stage: str
-    target: str
-    tasks: Callable[[JobConfig], list[tuple]]
-    after: tuple[str, ...] = ()
-
-    def function(self) -> Callable[..., Any]:
-        module, _, attribute = self.target.partition(":")
-        return getattr(importlib.import_module(module), attribute)
-
-
-def _single(config: JobConfig) -> list[tuple]:
-    return [()]
-
-
-def _shards(config: JobConfig) -> list[tuple]:
-    from idhhpc.stages.preprocess import count_shards
-
-    return [(i,) for i in range(count_shards(config))]
-
-
-def _folds(config: JobConfig) -> list[tuple]:
-    return [(fold,) for fold in range(config.split.folds)]
-
-
-_CATALOGUE: dict[str, list[tuple[str, str, Callable[[JobConfig], list[tuple]]]]] = {
-    "cohort": [("cohort", "idhhpc.stages.cohort:run_cohort", _single)],
-    "preprocess": [
-        ("preprocess", "idhhpc.hpc.guards:preprocess_shard", _shards),
-        ("preprocess-merge", "idhhpc.stages.preprocess:run_merge_index", _single),
-    ],
-    "split": [("split", "idhhpc.stages.split:run_split", _single)],
-    "tune": [("tune", "idhhpc.stages.tune:run_tune", _single)],
-    "cv": [("cv", "idhhpc.stages.train:run_cv_fold", _folds)],
-    "fit": [("fit", "idhhpc.stages.train:run_fit", _single)],
-    "evaluate": [("evaluate", "idhhpc.stages.evaluate:run_evaluate", _single)],
-    "explain": [("explain", "idhhpc.stages.explain:run_explain", _single)],
-}
-
-# ``fit`` follows ``cv`` only so that the fold jobs do not compete with it for the same GPUs.
-_ORDER = ("cohort", "preprocess", "split", "tune", "cv", "fit", "evaluate", "explain")
+def stage_steps(stage: str) -> tuple[Step, ...]:
+    """The steps the stage module ``idhhpc.stages.<stage>`` declares."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; choose from {', '.join(STAGES)}")
+    return importlib.import_module(f"idhhpc.stages.{stage}").STEPS
 
 
 def build_steps(stages: list[str]) -> list[Step]:
     """Steps for the chosen stages, in pipeline order, each depending on the step before it."""
-    unknown = sorted(set(stages) - set(_CATALOGUE))
+    unknown = sorted(set(stages) - set(STAGES))
     if unknown:
-        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(_ORDER)}")
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     steps: list[Step] = []
-    for stage in (s for s in _ORDER if s in stages):
-        for name, target, tasks in _CATALOGUE[stage]:
-            after = (steps[-1].name,) if steps else ()
-            steps.append(Step(name, stage, target, tasks, after))
+    for stage in (s for s in STAGES if s in stages):
+        for step in stage_steps(stage):
+            steps.append(replace(step, after=(steps[-1].name,) if steps else ()))
     return steps
+
+
+def previous_config(config: JobConfig) -> JobConfig | None:
+    """The resolved config of the last launch in this work dir, or None if absent or unreadable."""
+    path = WorkDir(config.work_dir).resolved_config
+    try:
+        return JobConfig(**yaml.safe_load(path.read_text()))
+    except Exception:  # a missing, old-format or hand-edited file: nothing is known to match
+        return None
+
+
+def find_step(name: str) -> Step:
+    """A step by its name (``cv``, ``preprocess-merge``); its stage is the part before the first '-'."""
+    for step in stage_steps(name.split("-")[0]):
+        if step.name == name:
+            return step
+    raise ValueError(f"no step named {name!r}")
+
+
+def outputs_verify(step: Step | str, config: JobConfig, previous: JobConfig | None = None) -> bool:
+    """True when the outputs of ``step`` (a Step or a step name) are complete and valid for
+    ``config``; ``previous`` is the config they were made with. An output that cannot even be read
+    is an output to rebuild."""
+    step = find_step(step) if isinstance(step, str) else step
+    if step.outputs_verify is None:
+        return False
+    try:
+        return step.outputs_verify(config, previous)
+    except Exception as err:
+        log.info("outputs of %s do not verify: %s: %s", step.name, type(err).__name__, err)
+        return False
+
+
+def plan_skips(steps: list[Step], config: JobConfig, previous: JobConfig | None = None) -> set[str]:
+    """Names of the leading steps whose outputs verify; stops at the first that must rerun, because
+    once one step reruns every later step's inputs are about to change."""
+    skipped: set[str] = set()
+    for step in steps:
+        if not outputs_verify(step, config, previous):
+            break
+        skipped.add(step.name)
+    return skipped

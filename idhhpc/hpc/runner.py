@@ -20,7 +20,7 @@ from tqdm import tqdm
 from idhhpc.config import JobConfig
 from idhhpc.hpc.executors import make_executor, require_sbatch
 from idhhpc.hpc.failures import describe_failure
-from idhhpc.hpc.pipeline import Step
+from idhhpc.stages.step import Step
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def run_locally(steps: list[Step], config: JobConfig, kind: str, folder: Path, p
 
 def _run_throttled(executor: submitit.Executor, step: Step, config: JobConfig, tasks: list[tuple],
                    parallelism: int, record: StepRecord, progress: bool) -> list[Any]:
-    function, pending, running, results = step.function(), list(enumerate(tasks)), [], {}
+    function, pending, running, results = step.function, list(enumerate(tasks)), [], {}
     bar = tqdm(total=len(tasks), desc=step.name, unit="task", disable=not progress or len(tasks) < 2, leave=False)
     try:
         while pending or running:
@@ -129,7 +129,7 @@ def submit_to_slurm(steps: list[Step], config: JobConfig, folder: Path,
         resources = config.hpc.for_stage(step.stage)
         executor = make_executor("slurm", folder, resources, f"idhhpc-{step.name}", dependency)
         tasks = step.tasks(config)
-        function = step.function()
+        function = step.function
         if len(tasks) == 1:
             jobs = [executor.submit(function, config, *tasks[0])]
         else:

@@ -15,6 +15,10 @@ from typing import Iterable
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from idhhpc.config import JobConfig
+from idhhpc.model.network import IDHNet, build_network
 
 
 @torch.no_grad()
@@ -37,3 +41,16 @@ def calibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> in
         norm.momentum = momentum
     model.train(was_training)
     return seen
+
+
+def calibrated_network(config: JobConfig, train_ds: Dataset) -> IDHNet:
+    """A new network whose BatchNorm statistics come from the first training volumes, unless
+    ImageNet weights (with their own statistics) were loaded."""
+    model = build_network(config)
+    count = min(config.model.calibration_samples, len(train_ds))
+    if config.model.pretrained_2d is None and count:
+        # drop_last: a lone volume has no batch statistics once the maps shrink to one voxel
+        batches = DataLoader(Subset(train_ds, range(count)), batch_size=max(2, config.train.micro_batch),
+                             drop_last=count >= 2)
+        calibrate_batchnorm(model, (batch["image"] for batch in batches))
+    return model

@@ -13,8 +13,7 @@ import re
 from pathlib import Path
 
 import torch
-
-from idhhpc.model.network import IDHNet
+from torch import nn
 
 STEM_KEY = "_conv_stem.weight"
 CLASSIFIER_PREFIX = "_fc."
@@ -23,8 +22,9 @@ _MONAI_STAGE_INDEX = re.compile(r"^(_blocks)\.\d+(\.\d+\..+)$")
 _SHOWN = 5
 
 
-def load_pretrained_2d(model3d: IDHNet, path: str | Path) -> None:
-    """Initialise ``model3d`` in place from a 2D MONAI EfficientNetBN state dict file."""
+def load_pretrained_2d(model3d: nn.Module, path: str | Path) -> None:
+    """Initialise ``model3d`` (an :class:`~idhhpc.model.network.IDHNet`) in place from a 2D MONAI
+    EfficientNetBN state dict file."""
     path = Path(path)
     state_2d = _read_state_dict(path)
     try:
@@ -34,7 +34,7 @@ def load_pretrained_2d(model3d: IDHNet, path: str | Path) -> None:
     model3d.load_state_dict(inflated)
 
 
-def inflate_2d_state_dict(state_2d: dict, model3d: IDHNet, in_channels: int) -> dict:
+def inflate_2d_state_dict(state_2d: dict, model3d: nn.Module, in_channels: int) -> dict:
     """Return a full ``model3d`` state dict whose backbone comes from ``state_2d``.
 
     The head classifier ``_fc`` keeps ``model3d``'s own (random) initialisation. Raises

@@ -8,13 +8,21 @@ the user to guess. Activations kept for backward are counted exactly with
 from __future__ import annotations
 
 import contextlib
+import copy
+import logging
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
-from idhhpc.model.params import trainable_parameters
+from idhhpc.config import JobConfig
+from idhhpc.devices import resolve_amp, resolve_device
+from idhhpc.model.parameters import trainable_parameters
+
+log = logging.getLogger(__name__)
+GIB = 2**30
 
 ADAMW_STATES_PER_PARAMETER = 2
 
@@ -134,3 +142,59 @@ def largest_micro_batch(
         if effective_batch % m == 0 and static_bytes + m * per_sample_bytes <= budget_bytes
     ]
     return max(fitting, default=0)
+
+
+@dataclass(frozen=True)
+class MicroBatchPlan:
+    micro_batch: int
+    accumulate: int
+    static_bytes: int
+    per_sample_bytes: int
+
+    def describe(self, budget_bytes: int) -> str:
+        return (f"micro-batch {self.micro_batch} x accumulate {self.accumulate}: weights, gradients and AdamW "
+                f"{self.static_bytes / GIB:.2f} GiB + {self.per_sample_bytes / GIB:.3f} GiB per sample, "
+                f"budget {budget_bytes / GIB:.2f} GiB")
+
+
+def plan_micro_batch(model: nn.Module, sample: torch.Tensor, effective_batch: int, budget_bytes: int,
+                     autocast_dtype: torch.dtype | None = None) -> MicroBatchPlan:
+    """Measure a training forward of ``sample`` (one volume, batch 1) and choose the largest
+    micro-batch whose training state fits ``budget_bytes``; ``model`` is left exactly as it was.
+
+    Two copies are measured and halved: BatchNorm in training mode refuses a batch of one once
+    the maps have shrunk to a voxel.
+    """
+    state, was_training = copy.deepcopy(model.state_dict()), model.training
+    pair = sample.repeat(2, *([1] * (sample.ndim - 1)))
+    with torch.random.fork_rng(devices=[sample.device] if sample.device.type == "cuda" else []):
+        model.train()
+        per_sample = (saved_bytes_for_backward(model, pair, autocast_dtype)
+                      + peak_transient_bytes(model, pair, autocast_dtype)) // 2
+    model.load_state_dict(state)
+    model.train(was_training)
+    static = StaticMemory.of(model).total
+    micro_batch = largest_micro_batch(budget_bytes, static, per_sample, effective_batch)
+    if micro_batch == 0:
+        raise ValueError(f"train.memory_budget_gb={budget_bytes / GIB:g}: not even one volume fits (weights, "
+                         f"gradients and AdamW {static / GIB:.2f} GiB + {per_sample / GIB:.3f} GiB per sample); "
+                         "train fewer stages (model.trainable_stages), use model.activation_checkpointing=true "
+                         "or a smaller preprocess.size")
+    return MicroBatchPlan(micro_batch, effective_batch // micro_batch, static, per_sample)
+
+
+def fit_to_memory_budget(config: JobConfig, model: nn.Module, dataset: Dataset) -> JobConfig:
+    """``config`` with ``train.micro_batch``/``accumulate`` fitted to ``train.memory_budget_gb``
+    (same effective batch), measured on ``dataset``'s first volume, as nnU-Net's planner fits its
+    batch to a GPU; unchanged when unset."""
+    train = config.train
+    if train.memory_budget_gb is None:
+        return config
+    sample = torch.as_tensor(dataset[0]["image"])[None]
+    device = resolve_device(train.device)
+    budget = int(train.memory_budget_gb * GIB)
+    plan = plan_micro_batch(model.to(device), sample.to(device), train.micro_batch * train.accumulate, budget,
+                            resolve_amp(train.amp, device)[0])
+    log.info("memory plan: %s", plan.describe(budget))
+    return config.model_copy(update={"train": train.model_copy(
+        update={"micro_batch": plan.micro_batch, "accumulate": plan.accumulate})})

@@ -18,6 +18,10 @@ from monai.networks.nets import EfficientNetBN
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from idhhpc.config import JobConfig
+from idhhpc.constants import MODALITIES
+from idhhpc.model.inflate import load_pretrained_2d
+
 VARIANTS = tuple(f"b{i}" for i in range(8))
 
 
@@ -157,7 +161,7 @@ def _num_frozen_stages(num_stages: int, trainable_stages: int) -> int:
 
 def build_model(
     variant: str = "b7",
-    in_channels: int = 4,
+    in_channels: int = len(MODALITIES),
     num_classes: int = 2,
     dropout: float = 0.2,
     trainable_stages: int = 2,
@@ -169,6 +173,7 @@ def build_model(
 ) -> IDHNet:
     """Build the 3D classifier; ``pretrained_2d`` names a local 2D MONAI state dict to inflate.
 
+    The keywords are the fields of :class:`~idhhpc.config.ModelConfig` (see :func:`build_network`).
     ``bn_momentum`` defaults to PyTorch's 0.1 rather than TensorFlow's 0.01 (MONAI's default):
     a fine-tuning run on a few hundred volumes makes too few steps for 0.01 to track the
     trainable stages' statistics, and validation then sees stale ones. The new classifier starts
@@ -184,7 +189,18 @@ def build_model(
     nn.init.zeros_(net._fc.bias)
     model = IDHNet(net, name, trainable_stages, activation_checkpointing, channels_last, freeze_batchnorm)
     if pretrained_2d is not None:
-        from idhhpc.model.inflate import load_pretrained_2d
-
         load_pretrained_2d(model, pretrained_2d)
     return model
+
+
+NOT_NETWORK_FIELDS = frozenset({"calibration_samples"})
+"""ModelConfig fields that shape training around the network rather than the network itself."""
+
+
+def build_network(config: JobConfig) -> IDHNet:
+    """The job's network; initial weights come from ``config.seed`` (without touching the global
+    RNG), so two runs of one config, or a requeued run and an uninterrupted one, start alike."""
+    fields = config.model.model_dump(exclude=set(NOT_NETWORK_FIELDS))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_model(in_channels=len(config.data.modalities), **fields)

@@ -1,2 +1,7 @@
-"""Stage functions: plain functions of the job config, run in-process, as local subprocesses or
-as Slurm jobs by the launcher. None of them knows which executor runs it."""
+"""The pipeline's stages, one module each: ``cohort``, ``preprocess``, ``split``, ``tune``, ``cv``,
+``fit``, ``evaluate``, ``explain``.
+
+Each module owns its run function, its array tasks and the check of its outputs, declared as
+``STEPS`` (see :mod:`idhhpc.stages.step`). A stage is plain functions of the job config; it never
+knows which executor (in-process, local subprocess, Slurm) runs it.
+"""

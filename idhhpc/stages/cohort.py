@@ -11,6 +11,10 @@ from pathlib import Path
 
 from idhhpc.config import JobConfig
 from idhhpc.data import cohort as ingest
+from idhhpc.data.ucsf_pdgm import METADATA_GLOB
+from idhhpc.phantoms import generate_cohort
+from idhhpc.stages.checks import newer, same_sections
+from idhhpc.stages.step import Step
 from idhhpc.workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -80,13 +84,12 @@ def ensure_phantom_cohort(config: JobConfig) -> None:
     marker = root / PHANTOM_SPEC_FILE
     if marker.is_file() and marker.read_text() == wanted:
         return
-    if not marker.is_file() and any(root.glob("UCSF-PDGM-metadata*.csv")):
+    if not marker.is_file() and any(root.glob(METADATA_GLOB)):
         log.info("%s holds a UCSF-PDGM dataset: using it instead of generating phantoms", root)
         return
     if root.is_dir() and not marker.is_file() and any(root.iterdir()):
         raise FileExistsError(f"{root}: data.phantom is set but this folder holds other data; "
                               "point data.root elsewhere or remove data.phantom")
-    from idhhpc.data.phantoms import generate_cohort
 
     log.info("generating a phantom cohort of %d patients in %s", spec.patients, root)
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -100,3 +103,23 @@ def ensure_phantom_cohort(config: JobConfig) -> None:
         staging.rename(root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _sources(config: JobConfig) -> list[Path]:
+    """The files the manifest is made from: the cases CSV, or UCSF-PDGM's metadata CSV."""
+    data = config.data
+    if data.layout == "csv":
+        return [data.cases_csv]
+    if data.metadata_csv:
+        return [data.metadata_csv]
+    return sorted(data.root.glob(METADATA_GLOB)) if data.root.is_dir() else []
+
+
+def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
+    """The manifest is newer than its sources and the ``data`` section has not changed."""
+    work, sources = WorkDir(config.work_dir), _sources(config)
+    return (bool(sources) and all(p.is_file() for p in sources) and same_sections(config, previous, "data")
+            and newer(work.manifest, *sources) and work.quarantine.is_file())
+
+
+STEPS = (Step("cohort", "cohort", run_cohort, outputs_verify=outputs_verify),)

@@ -7,21 +7,20 @@ the tumor (CAM energy in the tumor, pointing game, against their chance levels).
 from __future__ import annotations
 
 import csv
-import json
-from pathlib import Path
 from typing import Any, Iterator
 
+from idhhpc.atomic import atomic_write_text
 from idhhpc.config import JobConfig
 from idhhpc.data.dataset import ShardDataset, read_case
 from idhhpc.data.geometry import output_affine, to_native
-from idhhpc.explain.cases import explain_cases
-from idhhpc.io import atomic_write_text
-from idhhpc.model.params import default_cam_layer
-from idhhpc.stages.evaluate import load_trained
-from idhhpc.stages.split import load_splits
-from idhhpc.stages.track import stage_run
-from idhhpc.stages.train import SELECTION_FILE, with_best_config
-from idhhpc.train.optim import resolve_device
+from idhhpc.data.splits import load_splits
+from idhhpc.devices import resolve_device
+from idhhpc.explain.explainer import explain_cases
+from idhhpc.predictor import Predictor
+from idhhpc.stages.checks import newer, same_sections
+from idhhpc.stages.fit import RUN_NAME as FIT_RUN
+from idhhpc.stages.step import Step
+from idhhpc.tracking.runs import stage_run
 from idhhpc.workdir import WorkDir
 
 GALLERY_LINK = "\n## Explanations\n\nGrad-CAM gallery of the test patients: [explain/gallery.md](explain/gallery.md) " \
@@ -29,14 +28,13 @@ GALLERY_LINK = "\n## Explanations\n\nGrad-CAM gallery of the test patients: [exp
 
 
 def run_explain(config: JobConfig) -> dict[str, float]:
-    config = with_best_config(config)
     work = WorkDir(config.work_dir)
-    selection = json.loads((work.checkpoints("fit") / SELECTION_FILE).read_text())
-    model = load_trained(config, Path(selection["checkpoint"]), resolve_device(config.train.device))
-    patients = choose_patients(load_splits(config)["test"], load_splits(config)["labels"], config.explain.max_cases)
-    result = explain_cases(model, iter_cases(work, patients, _evaluated_probs(work)), work.explanations,
-                           selection["threshold"], config.explain.layer or default_cam_layer(model),
-                           methods=tuple(config.explain.methods), to_native=lambda cam, case: to_native(cam, case["geometry"]))
+    predictor = Predictor.load(work.exported_model(FIT_RUN), resolve_device(config.train.device))
+    splits = load_splits(config)
+    patients = choose_patients(splits["test"], splits["labels"], config.explain.max_cases)
+    result = explain_cases(predictor.model, iter_cases(work, patients, _evaluated_probs(work)), work.explanations,
+                           predictor.threshold, config.explain.layer, methods=tuple(config.explain.methods),
+                           to_native=lambda cam, case: to_native(cam, case["geometry"]))
     _link_gallery_from_report(work)
     with stage_run(config, "explain") as run:
         run.log_metrics({k: v for k, v in result["summary"].items() if v == v})
@@ -71,14 +69,22 @@ def iter_cases(work: WorkDir, patients: list[str], probs: dict[str, float]) -> I
 
 
 def _evaluated_probs(work: WorkDir) -> dict[str, float]:
-    path = work.reports / "predictions.csv"
-    if not path.is_file():
+    if not work.predictions.is_file():
         return {}
-    with open(path) as fh:
+    with open(work.predictions) as fh:
         return {row["patient_id"]: float(row["prob_mutant"]) for row in csv.DictReader(fh)}
 
 
 def _link_gallery_from_report(work: WorkDir) -> None:
-    report = work.reports / "report.md"
-    if report.is_file() and GALLERY_LINK not in report.read_text():
-        atomic_write_text(report, report.read_text() + GALLERY_LINK)
+    if work.report.is_file() and GALLERY_LINK not in work.report.read_text():
+        atomic_write_text(work.report, work.report.read_text() + GALLERY_LINK)
+
+
+def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
+    """The gallery is newer than the model and the test predictions; ``explain`` is unchanged."""
+    work = WorkDir(config.work_dir)
+    return (newer(work.gallery, work.exported_model(FIT_RUN), work.predictions)
+            and same_sections(config, previous, "data", "explain"))
+
+
+STEPS = (Step("explain", "explain", run_explain, outputs_verify=outputs_verify),)

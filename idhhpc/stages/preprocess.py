@@ -7,25 +7,28 @@ shards whose inputs or settings changed.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import types
 from dataclasses import dataclass
 
 from idhhpc.config import JobConfig
 from idhhpc.data import cohort as ingest
 from idhhpc.data.cases import CaseFiles
-from idhhpc.data.preprocess import PreprocessSettings, settings_hash
+from idhhpc.data.dataset import verify_shards
+from idhhpc.data.preprocess import settings_hash
 from idhhpc.data.shards import ShardReport, build_shard, merge_index
+from idhhpc.stages.checks import newer, same_sections
 from idhhpc.stages.cohort import TooFewPatients
+from idhhpc.stages.step import Step
 from idhhpc.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
 
-def preprocess_settings(config: JobConfig) -> PreprocessSettings:
-    p = config.preprocess
-    return PreprocessSettings(size=p.size, margin=p.margin, clip_percentiles=tuple(p.clip_percentiles),
-                              affine_atol=p.affine_atol, nan_policy=p.nan_policy)
+def shard_hash(config: JobConfig) -> str:
+    return settings_hash(config.preprocess, list(config.data.modalities))
 
 
 def shard_plan(config: JobConfig) -> list[list[CaseFiles]]:
@@ -51,14 +54,54 @@ def _candidate_patients(config: JobConfig) -> int:
     return data.phantom.patients if data.phantom else 1
 
 
+def shard_tasks(config: JobConfig) -> list[tuple]:
+    return [(i,) for i in range(count_shards(config))]
+
+
 def run_preprocess_shard(config: JobConfig, shard_index: int, progress: bool = False) -> ShardReport | None:
-    """Build one shard; an index past the end (an over-sized array) has nothing to do."""
+    """Build one shard; an index past the end (an over-sized array) has nothing to do.
+
+    A failure keeps its own exception and traceback, with a note naming the patient that was
+    being processed, so the job's log and the launcher's message say whose files to look at.
+    """
+    try:
+        return _build(config, shard_index, progress)
+    except Exception as err:
+        note = f"idhhpc: preprocess shard {shard_index} failed on {_patient_phrase(err, config, shard_index)}"
+        err.add_note(note)
+        log.error("%s", note)
+        raise
+
+
+def _build(config: JobConfig, shard_index: int, progress: bool) -> ShardReport | None:
     plan = shard_plan(config)
     if shard_index >= len(plan):
         log.info("shard %d: nothing to do (%d shards planned)", shard_index, len(plan))
         return None
-    return build_shard(shard_index, plan[shard_index], WorkDir(config.work_dir).shards, preprocess_settings(config),
+    return build_shard(shard_index, plan[shard_index], WorkDir(config.work_dir).shards, config.preprocess,
                        list(config.data.modalities), config.preprocess.compression, progress=progress)
+
+
+def failing_patient(tb: types.TracebackType | None) -> str | None:
+    """The patient of the innermost ``CaseFiles`` local along a traceback (the case being processed)."""
+    found = None
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, CaseFiles):
+                found = value.patient_id
+        tb = tb.tb_next
+    return found
+
+
+def _patient_phrase(err: BaseException, config: JobConfig, shard_index: int) -> str:
+    patient = failing_patient(err.__traceback__)
+    if patient:
+        return f"patient {patient}"
+    try:
+        planned = [case.patient_id for case in shard_plan(config)[shard_index]]
+    except Exception:  # the manifest itself may be what failed
+        return "an unknown patient (the shard's patients could not be read)"
+    return f"one of its patients {', '.join(planned)}"
 
 
 @dataclass
@@ -77,7 +120,7 @@ def run_merge_index(config: JobConfig) -> PreprocessSummary:
     """Verify every shard, write ``shards/index.json`` and add preprocessing rejects to the quarantine."""
     work = WorkDir(config.work_dir)
     n_shards = len(shard_plan(config))
-    index = merge_index(work.shards, n_shards, settings_hash(preprocess_settings(config), list(config.data.modalities)))
+    index = merge_index(work.shards, n_shards, shard_hash(config))
     rejected = [(q["patient_id"], q["reason"]) for q in index.get("quarantined", [])]
     known = ingest.read_quarantine(work.quarantine)
     ingest.write_quarantine(known + [entry for entry in rejected if entry not in known], work.quarantine)
@@ -86,3 +129,22 @@ def run_merge_index(config: JobConfig) -> PreprocessSummary:
     if summary.patients < config.data.min_patients:
         raise TooFewPatients(f"only {summary.patients} patients preprocessed, data.min_patients={config.data.min_patients}\n{summary.table()}")
     return summary
+
+
+def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
+    """The index is newer than the manifest, made with these settings, and every shard's
+    checksum matches it."""
+    work = WorkDir(config.work_dir)
+    if not newer(work.index, work.manifest) or not same_sections(config, previous, "data", "preprocess"):
+        return False
+    index = json.loads(work.index.read_text())
+    if index.get("settings_hash") != shard_hash(config) or len(index["shards"]) != len(shard_plan(config)):
+        return False
+    verify_shards(work.index, index)
+    return True
+
+
+STEPS = (
+    Step("preprocess", "preprocess", run_preprocess_shard, tasks=shard_tasks, outputs_verify=outputs_verify),
+    Step("preprocess-merge", "preprocess", run_merge_index, outputs_verify=outputs_verify),
+)

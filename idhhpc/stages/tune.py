@@ -9,7 +9,10 @@ from typing import Any
 import ray
 
 from idhhpc.config import JobConfig
+from idhhpc.stages.checks import newer, same_sections
+from idhhpc.stages.step import Step
 from idhhpc.tune.sweep import run_sweep
+from idhhpc.workdir import WorkDir
 
 log = logging.getLogger(__name__)
 
@@ -25,3 +28,13 @@ def run_tune(config: JobConfig) -> dict[str, Any]:
     log.info("sweep: best mean CV AUC %.3f over %d trials (%d epochs): %s", summary.best_val_auc, summary.trials,
              summary.epochs_spent, summary.best_config)
     return {k: str(v) if k == "experiment" else v for k, v in dataclasses.asdict(summary).items()}
+
+
+def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
+    """``best_config.yaml`` is newer than the split and nothing the sweep depends on changed."""
+    work = WorkDir(config.work_dir)
+    return newer(work.best_config, work.splits) and same_sections(
+        config, previous, "data", "preprocess", "split", "model", "train", "tune")
+
+
+STEPS = (Step("tune", "tune", run_tune, outputs_verify=outputs_verify),)

@@ -1,6 +1,6 @@
 """MLflow tracking for idhhpc: a local default store, flattened params, outage-proof logging."""
 
-from idhhpc.tracking.params import flatten_params
+from idhhpc.tracking.flatten import flatten_params
 from idhhpc.tracking.tracker import RunHandle, Tracker
 from idhhpc.tracking.uris import default_tracking_uri
 

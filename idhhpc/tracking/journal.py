@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator
 
-from idhhpc.io import atomic_write_json
+from idhhpc.atomic import atomic_write_json
 
 Operation = dict[str, Any]
 

@@ -18,9 +18,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
+from idhhpc.tracking.flatten import param_value
 from idhhpc.tracking.journal import Journal, Operation
 from idhhpc.tracking.outage import Backoff, is_outage, use_short_http_settings
-from idhhpc.tracking.params import param_value
 from idhhpc.tracking.sender import OperationSender
 
 logger = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-STORE_FILE = "mlflow.db"
-ARTIFACT_DIR = "mlartifacts"
+from idhhpc.constants import MLFLOW_ARTIFACT_DIR as ARTIFACT_DIR
+from idhhpc.constants import MLFLOW_STORE_FILE as STORE_FILE
 
 
 def default_tracking_uri(work_dir: Path) -> str:

@@ -15,11 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from idhhpc.io import atomic_path
+from idhhpc.atomic import atomic_path
 
 FORMAT_VERSION = 1
-BEST_NAME = "best.pt"
-LAST_NAME = "last.pt"
 
 
 @dataclass
@@ -87,3 +85,8 @@ def is_better(value: float, best: float | None, higher_is_better: bool) -> bool:
     if math.isnan(best):
         return True
     return value > best if higher_is_better else value < best
+
+
+def higher_is_better(metric: str) -> bool:
+    """Loss-like metrics are minimised; everything else (AUC, accuracy, F1) is maximised."""
+    return not metric.rsplit("/", 1)[-1].endswith("loss")

@@ -6,7 +6,7 @@ import torch
 from monai.losses import FocalLoss
 from torch import nn
 
-from idhhpc.train.settings import TrainSettings
+from idhhpc.config import TrainConfig
 
 
 class SoftmaxFocalLoss(nn.Module):
@@ -27,9 +27,9 @@ class SoftmaxFocalLoss(nn.Module):
         return per_class.sum(dim=1).mean()
 
 
-def make_loss(settings: TrainSettings) -> nn.Module:
+def make_loss(settings: TrainConfig) -> nn.Module:
     if settings.loss == "focal":
         return SoftmaxFocalLoss(gamma=settings.focal_gamma, alpha=settings.focal_alpha)
     if settings.loss == "ce":
         return nn.CrossEntropyLoss()
-    raise ValueError(f"TrainSettings.loss must be 'focal' or 'ce', got {settings.loss!r}")
+    raise ValueError(f"train.loss must be 'focal' or 'ce', got {settings.loss!r}")

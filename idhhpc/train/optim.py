@@ -1,4 +1,4 @@
-"""AdamW on the trainable parameters, OneCycle per optimizer step, and the AMP policy."""
+"""AdamW on the trainable parameters, OneCycle per optimizer step, and the optimizer step itself."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import OneCycleLR
 
-from idhhpc.model.params import parameter_groups
-from idhhpc.train.settings import TrainSettings
+from idhhpc.config import TrainConfig
+from idhhpc.model.parameters import parameter_groups
 
 
-def make_optimizer(model: nn.Module, settings: TrainSettings) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, settings: TrainConfig) -> torch.optim.AdamW:
     """AdamW over trainable parameters only; norms and biases get no weight decay."""
     groups = parameter_groups(model, settings.weight_decay)
     if not groups:
@@ -25,7 +25,7 @@ def optimizer_steps_per_epoch(n_samples: int, micro_batch: int, accumulate: int)
     return math.ceil(math.ceil(n_samples / micro_batch) / accumulate)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, n_samples: int) -> OneCycleLR:
+def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainConfig, n_samples: int) -> OneCycleLR:
     steps = optimizer_steps_per_epoch(n_samples, settings.micro_batch, settings.accumulate)
     return OneCycleLR(
         optimizer,
@@ -35,34 +35,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, n_
         div_factor=settings.div_factor,
         final_div_factor=settings.final_div_factor,
     )
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_amp(amp: str, device: torch.device | str) -> tuple[torch.dtype | None, bool]:
-    """Return (autocast dtype or None, whether a GradScaler is needed).
-
-    'auto' prefers bf16 on CUDA (no scaler: bf16 has fp32's range) and falls back to fp16 with
-    a scaler on GPUs without bf16; on CPU it is off, since CPU autocast rarely pays.
-    """
-    device_type = torch.device(device).type
-    if amp == "off":
-        return None, False
-    if amp == "bf16":
-        return torch.bfloat16, False
-    if amp == "fp16":
-        return torch.float16, True
-    if amp == "auto":
-        if device_type != "cuda":
-            return None, False
-        if torch.cuda.is_bf16_supported():
-            return torch.bfloat16, False
-        return torch.float16, True
-    raise ValueError(f"TrainSettings.amp must be one of auto, bf16, fp16, off; got {amp!r}")
 
 
 def make_scaler(use_scaler: bool, device: torch.device) -> torch.amp.GradScaler | None:

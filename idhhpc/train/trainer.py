@@ -24,19 +24,28 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from idhhpc.config import TrainConfig
+from idhhpc.constants import BEST_CHECKPOINT, LAST_CHECKPOINT
 from idhhpc.data.augment import AugmentedDataset, make_train_transform
+from idhhpc.devices import resolve_amp, resolve_device
 from idhhpc.train import distributed, stopping
-from idhhpc.train.checkpoint import (BEST_NAME, LAST_NAME, TrainProgress, gradient_buffers, is_better,
-                                     load_checkpoint, restore_gradients, save_checkpoint)
+from idhhpc.train.checkpoint import (
+    TrainProgress,
+    gradient_buffers,
+    higher_is_better,
+    is_better,
+    load_checkpoint,
+    restore_gradients,
+    save_checkpoint,
+)
 from idhhpc.train.distributed import Distributed
 from idhhpc.train.loss import make_loss
-from idhhpc.train.optim import (apply_optimizer_step, make_optimizer, make_scaler, make_scheduler, resolve_amp,
-                                 resolve_device)
+from idhhpc.train.optim import make_optimizer, make_scaler, make_scheduler
 from idhhpc.train.sampler import epoch_batches, micro_steps_per_epoch
 from idhhpc.train.seeding import capture_rng_state, derive_seed, restore_rng_state, seeded_generator
-from idhhpc.train.settings import TrainSettings, higher_is_better
+from idhhpc.train.step import Optimization, accumulation_window, training_step
 from idhhpc.train.stopping import StopRequest, TrainingInterrupted
-from idhhpc.train.validation import ValidationResult, autocast_context, validate
+from idhhpc.train.validation import ValidationResult, validate
 
 DROPOUT_STREAM, LOADER_STREAM, VAL_LOADER_STREAM = 3, 4, 5
 EpochCallback = Callable[[int, dict], None]
@@ -61,36 +70,36 @@ class _Run:
     train_ds: Dataset
     val_ds: Dataset
     labels: list[int]
-    settings: TrainSettings
+    settings: TrainConfig
+    seed: int
     run_dir: Path
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    scaler: torch.amp.GradScaler | None
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    loss_fn: nn.Module
+    opt: Optimization
     stop: StopRequest
     config_hash: str
     on_epoch_end: EpochCallback | None
-    memory_format: torch.memory_format
     dist: Distributed
-    forward_model: nn.Module
+
+    @property
+    def device(self) -> torch.device:
+        return self.opt.device
 
     @property
     def micro_steps_per_epoch(self) -> int:
         return micro_steps_per_epoch(len(self.labels), self.settings.micro_batch, self.dist.world_size)
 
 
-def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainSettings, run_dir: Path,
+def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainConfig, run_dir: Path,
           on_epoch_end: EpochCallback | None = None, config_hash: str = "", stop: StopRequest | None = None,
-          restart: bool = False) -> TrainResult:
+          restart: bool = False, seed: int = 0) -> TrainResult:
     """Train, resuming from ``run_dir/last.pt`` when it exists with the same ``config_hash``.
+
+    ``seed`` keys every random choice (sample order, augmentation, dropout, loader workers).
 
     ``stop`` (or :func:`idhhpc.train.stopping.request_stop`) makes the loop save ``last.pt``
     at the next micro-step boundary and raise :class:`TrainingInterrupted`. ``restart=True``
     ignores an existing ``last.pt`` instead of resuming from it.
     """
-    run = _prepare_run(model, train_ds, val_ds, settings, Path(run_dir), on_epoch_end, config_hash, stop)
+    run = _prepare_run(model, train_ds, val_ds, settings, seed, Path(run_dir), on_epoch_end, config_hash, stop)
     progress = TrainProgress() if restart else _resume(run)
     stopping.register(run.stop)
     try:
@@ -102,28 +111,29 @@ def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainS
     return _result(run, progress)
 
 
-def _prepare_run(model, train_ds, val_ds, settings, run_dir, on_epoch_end, config_hash, stop) -> _Run:
+def _prepare_run(model, train_ds, val_ds, settings, seed, run_dir, on_epoch_end, config_hash, stop) -> _Run:
     context = distributed.current()
     device = resolve_device(settings.device)
     amp_dtype, use_scaler = resolve_amp(settings.amp, device)
     model.to(device)
-    forward_model = distributed.prepare_model(model, context, device)
-    train_ds = _training_dataset(train_ds, settings)
+    train_ds = _training_dataset(train_ds, settings, seed)
     optimizer = make_optimizer(model, settings)
     labels = _labels_of(train_ds)
     # ceil(ceil(n / W) / b) == ceil(n / (W * b)): the scheduler counts the steps of the global batch.
     samples_per_rank = math.ceil(len(labels) / context.world_size)
-    return _Run(model=model, train_ds=train_ds, val_ds=val_ds, labels=labels, settings=settings, run_dir=run_dir,
-                device=device, amp_dtype=amp_dtype, scaler=make_scaler(use_scaler, device), optimizer=optimizer,
-                scheduler=make_scheduler(optimizer, settings, samples_per_rank), loss_fn=make_loss(settings).to(device),
-                stop=stop or StopRequest(), config_hash=config_hash, on_epoch_end=on_epoch_end,
-                memory_format=_input_memory_format(model), dist=context, forward_model=forward_model)
+    opt = Optimization(forward_model=distributed.prepare_model(model, context, device), optimizer=optimizer,
+                       scheduler=make_scheduler(optimizer, settings, samples_per_rank),
+                       scaler=make_scaler(use_scaler, device), loss_fn=make_loss(settings).to(device), device=device,
+                       amp_dtype=amp_dtype, grad_clip=settings.grad_clip, memory_format=_input_memory_format(model))
+    return _Run(model=model, train_ds=train_ds, val_ds=val_ds, labels=labels, settings=settings, seed=seed,
+                run_dir=run_dir, opt=opt, stop=stop or StopRequest(), config_hash=config_hash,
+                on_epoch_end=on_epoch_end, dist=context)
 
 
-def _training_dataset(train_ds: Dataset, settings: TrainSettings) -> Dataset:
+def _training_dataset(train_ds: Dataset, settings: TrainConfig, seed: int) -> Dataset:
     if isinstance(train_ds, AugmentedDataset) or not settings.augment:
         return train_ds
-    return AugmentedDataset(train_ds, make_train_transform(settings.seed), seed=settings.seed)
+    return AugmentedDataset(train_ds, make_train_transform(seed), seed=seed)
 
 
 def _labels_of(dataset: Dataset) -> list[int]:
@@ -152,7 +162,7 @@ def _train_epoch(run: _Run, progress: TrainProgress) -> None:
     _stop_if_requested(run, progress)
     if not remaining:
         return
-    run.forward_model.train()
+    run.opt.forward_model.train()
     for batch in _train_loader(run, progress.epoch, remaining):
         _micro_step(run, progress, batch)
         _stop_if_requested(run, progress)
@@ -160,7 +170,7 @@ def _train_epoch(run: _Run, progress: TrainProgress) -> None:
 
 def _epoch_batches(run: _Run, epoch: int) -> list[list[tuple[int, int]]]:
     """This rank's micro-batches as (dataset index, draw position) keys; a pure function of (seed, epoch)."""
-    return epoch_batches(run.labels, run.settings.seed, epoch, run.settings.micro_batch,
+    return epoch_batches(run.labels, run.seed, epoch, run.settings.micro_batch,
                          run.dist.world_size, run.dist.rank)
 
 
@@ -177,7 +187,7 @@ class _DrawKeyed(Dataset):
 
 def _train_loader(run: _Run, epoch: int, batches: list[list[tuple[int, int]]]) -> DataLoader:
     return _loader(run, _DrawKeyed(run.train_ds), dict(batch_sampler=batches),
-                   seeded_generator(run.settings.seed, LOADER_STREAM, epoch))
+                   seeded_generator(run.seed, LOADER_STREAM, epoch))
 
 
 def _loader(run: _Run, dataset: Dataset, batching: dict, generator: torch.Generator) -> DataLoader:
@@ -200,20 +210,14 @@ def _init_worker(worker_id: int) -> None:
 
 def _micro_step(run: _Run, progress: TrainProgress, batch: dict) -> None:
     torch.manual_seed(_dropout_seed(run, progress))
-    images = batch["image"].to(run.device, non_blocking=True, memory_format=run.memory_format)
-    targets = torch.as_tensor(batch["label"], dtype=torch.long).to(run.device, non_blocking=True)
-    ends_window = _ends_window(progress.micro_step + 1, run)
-    with distributed.no_sync_unless(run.forward_model, ends_window):
-        with autocast_context(run.device, run.amp_dtype):
-            logits = run.forward_model(images)
-        loss = run.loss_fn(logits.float(), targets)
-        scaled = loss / _window_size(progress.micro_step, run.settings.accumulate, run.micro_steps_per_epoch)
-        (run.scaler.scale(scaled) if run.scaler else scaled).backward()
-    progress.loss_sum += run.dist.mean(float(loss.detach()))
+    window, ends_window = accumulation_window(progress.micro_step, run.settings.accumulate, run.micro_steps_per_epoch)
+    learning_rate = run.opt.learning_rate
+    loss = training_step(run.opt, batch, window, ends_window)
+    progress.loss_sum += run.dist.mean(float(loss))
     progress.loss_count += 1
     progress.micro_step += 1
     if ends_window:
-        progress.last_step_lr = _optimizer_step(run)
+        progress.last_step_lr = learning_rate
         progress.optimizer_step += 1
         every = run.settings.checkpoint_every_steps
         if every and progress.optimizer_step % every == 0:
@@ -222,25 +226,8 @@ def _micro_step(run: _Run, progress: TrainProgress, batch: dict) -> None:
 
 def _dropout_seed(run: _Run, progress: TrainProgress) -> int:
     """Keyed by (seed, epoch, micro-step), and by rank when there are several, so ranks draw different masks."""
-    keys = (run.settings.seed, DROPOUT_STREAM, progress.epoch, progress.micro_step)
+    keys = (run.seed, DROPOUT_STREAM, progress.epoch, progress.micro_step)
     return derive_seed(*keys, run.dist.rank) if run.dist.enabled else derive_seed(*keys)
-
-
-def _ends_window(micro_steps_done: int, run: _Run) -> bool:
-    return micro_steps_done % run.settings.accumulate == 0 or micro_steps_done == run.micro_steps_per_epoch
-
-
-def _window_size(micro_step: int, accumulate: int, micro_steps_per_epoch: int) -> int:
-    """Micro-batches in the accumulation window holding ``micro_step``: the last one may be short."""
-    window_start = (micro_step // accumulate) * accumulate
-    return min(accumulate, micro_steps_per_epoch - window_start)
-
-
-def _optimizer_step(run: _Run) -> float:
-    """Step with the accumulated window's mean gradient; returns the learning rate it used."""
-    used_lr = float(run.optimizer.param_groups[0]["lr"])
-    apply_optimizer_step(run.optimizer, run.scheduler, run.scaler, run.settings.grad_clip)
-    return used_lr
 
 
 def _stop_if_requested(run: _Run, progress: TrainProgress) -> None:
@@ -278,8 +265,8 @@ def _validate(run: _Run, epoch: int) -> ValidationResult:
 def _validate_on(run: _Run, dataset: Dataset, epoch: int) -> ValidationResult:
     """The bare model, not DDP: validation needs no gradient sync, and shards may differ in length."""
     batching = dict(batch_size=run.settings.micro_batch, shuffle=False)
-    loader = _loader(run, dataset, batching, seeded_generator(run.settings.seed, VAL_LOADER_STREAM, epoch))
-    return validate(run.model, loader, run.loss_fn, run.device, run.amp_dtype, run.memory_format)
+    loader = _loader(run, dataset, batching, seeded_generator(run.seed, VAL_LOADER_STREAM, epoch))
+    return validate(run.model, loader, run.opt.loss_fn, run.device, run.opt.amp_dtype, run.opt.memory_format)
 
 
 def _epoch_metrics(run: _Run, progress: TrainProgress, val: ValidationResult) -> dict[str, Any]:
@@ -296,7 +283,7 @@ def _epoch_metrics(run: _Run, progress: TrainProgress, val: ValidationResult) ->
 def _update_best(run: _Run, progress: TrainProgress, metrics: dict, val: ValidationResult) -> None:
     name = run.settings.select_metric
     if name not in metrics:
-        raise KeyError(f"TrainSettings.select_metric {name!r} is not an epoch metric; choose one of {sorted(metrics)}")
+        raise KeyError(f"train.select_metric {name!r} is not an epoch metric; choose one of {sorted(metrics)}")
     value = float(metrics[name])
     if not is_better(value, progress.best_metric, higher_is_better(name)):
         progress.epochs_without_improvement += 1
@@ -304,9 +291,9 @@ def _update_best(run: _Run, progress: TrainProgress, metrics: dict, val: Validat
     progress.best_metric, progress.best_epoch, progress.epochs_without_improvement = value, progress.epoch, 0
     progress.best_val = {"probs": val.probs, "labels": val.labels, "patient_ids": val.patient_ids}
     if run.dist.is_main:
-        save_checkpoint(run.run_dir / BEST_NAME, {
+        save_checkpoint(run.run_dir / BEST_CHECKPOINT, {
             "model": run.model.state_dict(), "epoch": progress.epoch, "metrics": dict(metrics),
-            "config_hash": run.config_hash, "settings": run.settings.to_dict(), "best_val": progress.best_val,
+            "config_hash": run.config_hash, "settings": _settings_record(run), "best_val": progress.best_val,
         })
     run.dist.barrier()
 
@@ -315,7 +302,7 @@ def _update_best(run: _Run, progress: TrainProgress, metrics: dict, val: Validat
 
 def _save_last(run: _Run, progress: TrainProgress) -> Path:
     """Rank 0 writes ``last.pt`` for every rank (mid-window gradients averaged first); the others wait."""
-    path = run.run_dir / LAST_NAME
+    path = run.run_dir / LAST_CHECKPOINT
     run.dist.average_gradients(run.model)
     if run.dist.is_main:
         _write_last(run, progress, path)
@@ -326,19 +313,24 @@ def _save_last(run: _Run, progress: TrainProgress) -> Path:
 def _write_last(run: _Run, progress: TrainProgress, path: Path) -> Path:
     return save_checkpoint(path, {
         "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.scaler.state_dict() if run.scaler else {},
+        "optimizer": run.opt.optimizer.state_dict(),
+        "scheduler": run.opt.scheduler.state_dict(),
+        "scaler": run.opt.scaler.state_dict() if run.opt.scaler else {},
         "gradients": gradient_buffers(run.model),
         "rng": capture_rng_state(),
         "progress": progress.to_dict(),
         "config_hash": run.config_hash,
-        "settings": run.settings.to_dict(),
+        "settings": _settings_record(run),
     })
 
 
+def _settings_record(run: _Run) -> dict[str, Any]:
+    """The training values beside the weights, as plain JSON types (``weights_only`` loads them)."""
+    return {**run.settings.model_dump(mode="json"), "seed": run.seed}
+
+
 def _resume(run: _Run) -> TrainProgress:
-    path = run.run_dir / LAST_NAME
+    path = run.run_dir / LAST_CHECKPOINT
     if not path.exists():
         return TrainProgress()
     state = load_checkpoint(path)
@@ -346,17 +338,17 @@ def _resume(run: _Run) -> TrainProgress:
         raise ValueError(f"{path} belongs to config {state['config_hash']!r}, not {run.config_hash!r}: "
                          "use another run_dir, delete the file, or pass restart=True to start afresh")
     run.model.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
-    if run.scaler and state["scaler"]:
-        run.scaler.load_state_dict(state["scaler"])
+    run.opt.optimizer.load_state_dict(state["optimizer"])
+    run.opt.scheduler.load_state_dict(state["scheduler"])
+    if run.opt.scaler and state["scaler"]:
+        run.opt.scaler.load_state_dict(state["scaler"])
     restore_gradients(run.model, state["gradients"])
     restore_rng_state(state["rng"])
     return TrainProgress.from_dict(state["progress"])
 
 
 def _result(run: _Run, progress: TrainProgress) -> TrainResult:
-    return TrainResult(best_checkpoint=run.run_dir / BEST_NAME, last_checkpoint=run.run_dir / LAST_NAME,
+    return TrainResult(best_checkpoint=run.run_dir / BEST_CHECKPOINT, last_checkpoint=run.run_dir / LAST_CHECKPOINT,
                        history=progress.history, best_epoch=progress.best_epoch,
                        best_val_probs=progress.best_val["probs"], best_val_labels=progress.best_val["labels"],
                        best_val_patient_ids=progress.best_val["patient_ids"])

@@ -1,8 +1,7 @@
-"""Validation pass: softmax probabilities of the mutant class, loss and ROC AUC."""
+"""Validation pass: mutant probabilities, loss and ROC AUC, through the project's one predictor path."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -10,6 +9,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader
+
+from idhhpc.predictor import iter_logits, prob_mutant
 
 
 @dataclass
@@ -19,12 +20,6 @@ class ValidationResult:
     probs: list[float]
     labels: list[int]
     patient_ids: list[str]
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def roc_auc_or_nan(labels: list[int], probs: list[float]) -> float:
@@ -40,15 +35,11 @@ def validate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module, device: t
     model.eval()
     loss_total, count = 0.0, 0
     probs, labels, patient_ids = [], [], []
-    for batch in loader:
-        images = batch["image"].to(device, memory_format=memory_format)
+    for logits, batch in iter_logits(model, loader, device, amp_dtype, memory_format):
         targets = torch.as_tensor(batch["label"], dtype=torch.long, device=device)
-        with autocast_context(device, amp_dtype):
-            logits = model(images)
-        logits = logits.float()
         loss_total += float(loss_fn(logits, targets)) * len(targets)
         count += len(targets)
-        probs += torch.softmax(logits, dim=1)[:, 1].cpu().tolist()
+        probs += prob_mutant(logits).cpu().tolist()
         labels += targets.cpu().tolist()
         patient_ids += list(batch["patient_id"])
     if count == 0:

@@ -16,19 +16,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, default_collate
 
+from idhhpc.config import TrainConfig
 from idhhpc.data.augment import AugmentedDataset, make_train_transform
 from idhhpc.data.dataset import ShardDataset
+from idhhpc.devices import resolve_amp, resolve_device
 from idhhpc.model.network import IDHNet
 from idhhpc.train.loss import make_loss
-from idhhpc.train.optim import (apply_optimizer_step, make_optimizer, make_scaler, make_scheduler, resolve_amp,
-                                 resolve_device)
-from idhhpc.train.sampler import make_sampler
+from idhhpc.train.optim import make_optimizer, make_scaler, make_scheduler
+from idhhpc.train.sampler import epoch_batches
 from idhhpc.train.seeding import derive_seed
-from idhhpc.train.settings import TrainSettings
-from idhhpc.train.validation import autocast_context, validate
+from idhhpc.train.step import Optimization, accumulation_window, training_step
+from idhhpc.train.validation import validate
 from idhhpc.tune.shared import load_tail_state, prefix_fingerprint, shared_prefix_copies, tail_state
 
 DROPOUT_STREAM = 13
@@ -41,17 +41,16 @@ class _Fold:
     train_ds: Dataset
     val_ds: Dataset
     labels: list[int]
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler | None
+    opt: Optimization
 
 
 class LockstepCV:
     """Train ``len(folds)`` tails of ``model`` epoch by epoch; ``epoch()`` returns the CV metrics."""
 
     def __init__(self, model: IDHNet, folds: list[dict[str, list[str]]], index_path: Path,
-                 settings: TrainSettings) -> None:
+                 settings: TrainConfig, seed: int = 0) -> None:
         self.settings = settings
+        self.seed = seed
         self.device = resolve_device(settings.device)
         self.amp_dtype, use_scaler = resolve_amp(settings.amp, self.device)
         self.loss_fn = make_loss(settings).to(self.device)
@@ -64,10 +63,12 @@ class LockstepCV:
         train_ds: Dataset = ShardDataset(index_path, fold["train"])
         labels = [int(v) for v in train_ds.labels]
         if self.settings.augment:
-            train_ds = AugmentedDataset(train_ds, make_train_transform(self.settings.seed), seed=self.settings.seed)
+            train_ds = AugmentedDataset(train_ds, make_train_transform(self.seed), seed=self.seed)
         optimizer = make_optimizer(model, self.settings)
-        return _Fold(model, train_ds, ShardDataset(index_path, fold["val"]), labels, optimizer,
-                     make_scheduler(optimizer, self.settings, len(labels)), make_scaler(use_scaler, self.device))
+        opt = Optimization(model, optimizer, make_scheduler(optimizer, self.settings, len(labels)),
+                           make_scaler(use_scaler, self.device), self.loss_fn, self.device, self.amp_dtype,
+                           self.settings.grad_clip)
+        return _Fold(model, train_ds, ShardDataset(index_path, fold["val"]), labels, opt)
 
     def epoch(self) -> dict[str, Any]:
         """Train every fold for one epoch, validate each, return per-fold and mean metrics."""
@@ -82,29 +83,16 @@ class LockstepCV:
     def _train_epoch(self, index: int, fold: _Fold, epoch: int) -> float:
         if isinstance(fold.train_ds, AugmentedDataset):
             fold.train_ds.set_epoch(epoch)
-        batches = _epoch_batches(fold.labels, self.settings, epoch)
+        batches = epoch_batches(fold.labels, self.seed, epoch, self.settings.micro_batch)
         fold.model.train()
+        by_draw = isinstance(fold.train_ds, AugmentedDataset)
         total = 0.0
         for step, keys in enumerate(batches):
-            torch.manual_seed(derive_seed(self.settings.seed, DROPOUT_STREAM, index, epoch, step))
-            total += self._micro_step(fold, keys, step, len(batches))
+            torch.manual_seed(derive_seed(self.seed, DROPOUT_STREAM, index, epoch, step))
+            batch = default_collate([fold.train_ds[key] if by_draw else fold.train_ds[key[0]] for key in keys])
+            window, ends_window = accumulation_window(step, self.settings.accumulate, len(batches))
+            total += float(training_step(fold.opt, batch, window, ends_window))
         return total / len(batches)
-
-    def _micro_step(self, fold: _Fold, keys: list[tuple[int, int]], step: int, steps: int) -> float:
-        by_draw = isinstance(fold.train_ds, AugmentedDataset)
-        batch = default_collate([fold.train_ds[key] if by_draw else fold.train_ds[key[0]] for key in keys])
-        images = batch["image"].to(self.device)
-        targets = torch.as_tensor(batch["label"], dtype=torch.long, device=self.device)
-        with autocast_context(self.device, self.amp_dtype):
-            logits = fold.model(images)
-        loss = self.loss_fn(logits.float(), targets)
-        accumulate = self.settings.accumulate
-        window = min(accumulate, steps - (step // accumulate) * accumulate)
-        scaled = loss / window
-        (fold.scaler.scale(scaled) if fold.scaler else scaled).backward()
-        if (step + 1) % accumulate == 0 or step + 1 == steps:
-            _optimizer_step(fold, self.settings.grad_clip)
-        return float(loss.detach())
 
     def _validate(self, fold: _Fold) -> float:
         """A fold whose network diverged (non-finite outputs) scores 0, the worst AUC, so the
@@ -120,9 +108,9 @@ class LockstepCV:
     def state_dict(self) -> dict[str, Any]:
         """Tails, optimizers and schedules of every fold; the shared prefix is rebuilt from the seed."""
         return {"epochs_done": self.epochs_done, "prefix_fingerprint": self.fingerprint,
-                "folds": [{"tail": tail_state(f.model), "optimizer": f.optimizer.state_dict(),
-                           "scheduler": f.scheduler.state_dict(),
-                           "scaler": f.scaler.state_dict() if f.scaler else {}} for f in self.folds]}
+                "folds": [{"tail": tail_state(f.model), "optimizer": f.opt.optimizer.state_dict(),
+                           "scheduler": f.opt.scheduler.state_dict(),
+                           "scaler": f.opt.scaler.state_dict() if f.opt.scaler else {}} for f in self.folds]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not math.isclose(state["prefix_fingerprint"], self.fingerprint, rel_tol=1e-9, abs_tol=1e-6):
@@ -131,10 +119,10 @@ class LockstepCV:
             raise ValueError(f"checkpoint has {len(state['folds'])} folds, this trial {len(self.folds)}")
         for fold, saved in zip(self.folds, state["folds"]):
             load_tail_state(fold.model, saved["tail"])
-            fold.optimizer.load_state_dict(saved["optimizer"])
-            fold.scheduler.load_state_dict(saved["scheduler"])
-            if fold.scaler and saved["scaler"]:
-                fold.scaler.load_state_dict(saved["scaler"])
+            fold.opt.optimizer.load_state_dict(saved["optimizer"])
+            fold.opt.scheduler.load_state_dict(saved["scheduler"])
+            if fold.opt.scaler and saved["scaler"]:
+                fold.opt.scaler.load_state_dict(saved["scaler"])
         self.epochs_done = int(state["epochs_done"])
 
 
@@ -145,17 +133,3 @@ def cv_metrics(epoch: int, losses: list[float], aucs: list[float]) -> dict[str, 
                "train_loss_mean": float(np.mean(losses))}
     metrics |= {f"val_auc_fold{i}": float(a) for i, a in enumerate(clean)}
     return metrics
-
-
-def _epoch_batches(labels: list[int], settings: TrainSettings, epoch: int) -> list[list[tuple[int, int]]]:
-    """Full micro-batches of (index, draw) keys, as the trainer draws them (see trainer.py)."""
-    size = settings.micro_batch
-    draws = math.ceil(len(labels) / size) * size
-    order = [int(i) for i in make_sampler(labels, settings.seed, epoch, num_samples=draws)]
-    keys = [(index, draw) for draw, index in enumerate(order)]
-    return [keys[start:start + size] for start in range(0, draws, size)]
-
-
-def _optimizer_step(fold: _Fold, grad_clip: float | None) -> None:
-    apply_optimizer_step(fold.optimizer, fold.scheduler, fold.scaler, grad_clip)
-

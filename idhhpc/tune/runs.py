@@ -12,8 +12,8 @@ import time
 from typing import Any, Mapping
 
 from idhhpc.config import JobConfig
-from idhhpc.stages.track import config_params, tracking_uri
 from idhhpc.tracking import RunHandle, Tracker
+from idhhpc.tracking.runs import config_params, tracking_uri
 from idhhpc.workdir import WorkDir
 
 BEST_TAG = "idhhpc.tune.best"

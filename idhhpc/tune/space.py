@@ -20,7 +20,7 @@ from idhhpc.config import TrainConfig
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
 _KEYS = {"uniform": {"low", "high"}, "loguniform": {"low", "high"}, "randint": {"low", "high"}, "choice": {"values"}}
-NOT_TUNABLE = ("epochs", "device", "num_workers", "select_metric", "checkpoint_every_steps")
+NOT_TUNABLE = ("epochs", "device", "num_workers", "select_metric", "checkpoint_every_steps", "memory_budget_gb")
 
 
 class SpaceError(ValueError):

@@ -17,19 +17,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import ray
-import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from idhhpc.config import JobConfig
-from idhhpc.io import atomic_write_text
-from idhhpc.stages.split import load_splits
+from idhhpc.data.splits import load_splits
 from idhhpc.tune.folds import tuning_folds
 from idhhpc.tune.runs import BEST_TAG, keyed_run, open_sweep_run, sweep_key, trial_key
 from idhhpc.tune.space import SearchSpace, load_space
 from idhhpc.tune.trainable import METRIC, cv_trainable
+from idhhpc.tuned import write_best_config
 from idhhpc.workdir import WorkDir
 
 log = logging.getLogger(__name__)
@@ -49,7 +48,7 @@ class SweepSummary:
 
 
 def experiment_path(config: JobConfig) -> Path:
-    return (Path(config.work_dir) / "tune").resolve() / EXPERIMENT
+    return WorkDir(config.work_dir).tune.resolve() / EXPERIMENT
 
 
 def ensure_ray(config: JobConfig, temp_dir: str | None = None) -> None:
@@ -125,12 +124,6 @@ def summarize(config: JobConfig, results: Any, restored: bool) -> SweepSummary:
     epochs = sum(int((r.metrics or {}).get("training_iteration", 0)) for r in results)
     tuned = {name: _plain(value) for name, value in best.config.items()}
     return SweepSummary(tuned, best_auc, len(results), len(results.errors), epochs, experiment_path(config), restored)
-
-
-def write_best_config(config: JobConfig, tuned: dict[str, Any]) -> Path:
-    path = WorkDir(config.work_dir).best_config
-    atomic_write_text(path, yaml.safe_dump({"train": tuned}, sort_keys=True))
-    return path
 
 
 def _record(config: JobConfig, tracker: Any, sweep_run: Any, results: Any, summary: SweepSummary) -> None:

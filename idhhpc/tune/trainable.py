@@ -17,7 +17,7 @@ from ray import tune
 
 from idhhpc.config import JobConfig
 from idhhpc.data.dataset import ShardDataset
-from idhhpc.stages.train import calibrated_network, train_settings
+from idhhpc.model.calibrate import calibrated_network
 from idhhpc.train.seeding import derive_seed
 from idhhpc.tune.folds import checked_folds
 from idhhpc.tune.lockstep import LockstepCV
@@ -42,7 +42,7 @@ def build_cv(job: JobConfig, folds: list[dict[str, list[str]]]) -> LockstepCV:
     folds = checked_folds(folds, work.splits)
     torch.manual_seed(derive_seed(job.seed, MODEL_STREAM))
     model = calibrated_network(job, ShardDataset(work.index, folds[0]["train"]))
-    return LockstepCV(model, folds, work.index, train_settings(job))
+    return LockstepCV(model, folds, work.index, job.train, job.seed)
 
 
 def cv_trainable(trial_config: dict[str, Any], job_json: str, folds: list[dict[str, list[str]]],

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from idhhpc.data import cohort as ingest
 from idhhpc.data.ucsf_pdgm import parse_id, parse_idh
-from tests.data.ucsf_layout import write_metadata, write_patient, write_volume
+from tests.support.ucsf_layout import write_metadata, write_patient, write_volume
 
 MODALITIES = ["FLAIR", "T1", "T1c", "T2"]
 

@@ -1,21 +1,18 @@
 import pickle
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from idhhpc.config import PreprocessConfig
 from idhhpc.data.dataset import ShardDataset, read_case
-from idhhpc.data.preprocess import PreprocessSettings, preprocess_case, settings_hash
+from idhhpc.data.preprocess import preprocess_case, settings_hash
 from idhhpc.data.shards import ShardError, build_shard, merge_index
-
-sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make the helper importable
-from synthetic_cases import write_case  # noqa: E402
+from tests.support.synthetic_cases import write_case
 
 MODALITIES = ["FLAIR", "T1", "T1c", "T2"]
-SETTINGS = PreprocessSettings(size=16)
+SETTINGS = PreprocessConfig(size=16)
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,16 @@
-import dataclasses
 import gzip
-import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from idhhpc.config import PreprocessConfig
 from idhhpc.data.cases import CaseRejected
 from idhhpc.data.geometry import output_affine, to_native
-from idhhpc.data.preprocess import PreprocessSettings, preprocess_case, settings_hash
+from idhhpc.data.preprocess import preprocess_case, settings_hash
+from tests.support.synthetic_cases import LPS_AFFINE, RAS_AFFINE, write_case
 
-sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make the helper importable
-from synthetic_cases import LPS_AFFINE, RAS_AFFINE, write_case  # noqa: E402
-
-SETTINGS = PreprocessSettings(size=24)
+SETTINGS = PreprocessConfig(size=24)
 FLIPPED_AFFINE = np.array([[0, 0, 1.0, -15], [-1.0, 0, 0, 20], [0, 1.2, 0, -20], [0, 0, 0, 1]])
 
 
@@ -37,7 +33,7 @@ def test_output_shapes_dtypes_and_normalization(tmp_path):
 @pytest.mark.parametrize("affine", [RAS_AFFINE, LPS_AFFINE, FLIPPED_AFFINE], ids=["ras", "lps", "permuted"])
 def test_tumor_maps_back_to_native(tmp_path, affine):
     case = write_case(tmp_path, affine=affine)
-    result = preprocess_case(case, PreprocessSettings(size=32))
+    result = preprocess_case(case, PreprocessConfig(size=32))
     native = to_native((result.tumor > 0).astype(np.uint8), result.geometry, order=0)
     reference = nib.load(case.tumor_mask)
     assert native.shape == reference.shape
@@ -47,7 +43,7 @@ def test_tumor_maps_back_to_native(tmp_path, affine):
 
 def test_output_affine_places_tumor_centre_in_world(tmp_path):
     case = write_case(tmp_path, affine=LPS_AFFINE)
-    result = preprocess_case(case, PreprocessSettings(size=32))
+    result = preprocess_case(case, PreprocessConfig(size=32))
     tumor_native = nib.load(case.tumor_mask)
     native_centre = np.argwhere(tumor_native.get_fdata() > 0).mean(0)
     output_centre = np.argwhere(result.tumor > 0).mean(0)
@@ -64,8 +60,8 @@ def test_brain_mask_from_images_when_no_file(tmp_path):
 
 def test_settings_hash_is_stable_and_sensitive():
     modalities = ["FLAIR", "T1", "T1c", "T2"]
-    assert settings_hash(SETTINGS, modalities) == settings_hash(PreprocessSettings(size=24), modalities)
-    assert settings_hash(SETTINGS, modalities) != settings_hash(PreprocessSettings(size=32), modalities)
+    assert settings_hash(SETTINGS, modalities) == settings_hash(PreprocessConfig(size=24), modalities)
+    assert settings_hash(SETTINGS, modalities) != settings_hash(PreprocessConfig(size=32), modalities)
     assert settings_hash(SETTINGS, modalities) != settings_hash(SETTINGS, modalities[::-1])
 
 
@@ -145,5 +141,5 @@ def test_nan_repaired_and_reported_or_quarantined(tmp_path):
     assert np.isfinite(repaired.image.astype(np.float32)).all()
     assert len(repaired.warnings) == 1 and "2 NaN/Inf" in repaired.warnings[0] and "FLAIR" in repaired.warnings[0]
     with pytest.raises(CaseRejected, match="NaN/Inf") as caught:
-        preprocess_case(case, dataclasses.replace(SETTINGS, nan_policy="quarantine"))
+        preprocess_case(case, SETTINGS.model_copy(update={"nan_policy": "quarantine"}))
     assert "FLAIR" in caught.value.reason

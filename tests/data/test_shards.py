@@ -9,15 +9,14 @@ import h5py
 import numpy as np
 import pytest
 
+from idhhpc.config import PreprocessConfig
 from idhhpc.data.dataset import read_case
-from idhhpc.data.preprocess import PreprocessSettings, preprocess_case, settings_hash
+from idhhpc.data.preprocess import preprocess_case, settings_hash
 from idhhpc.data.shards import ShardError, build_shard, merge_index, write_shard
-
-sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make the helper importable
-from synthetic_cases import write_case  # noqa: E402
+from tests.support.synthetic_cases import write_case
 
 MODALITIES = ["FLAIR", "T1", "T1c", "T2"]
-SETTINGS = PreprocessSettings(size=16)
+SETTINGS = PreprocessConfig(size=16)
 HASH = settings_hash(SETTINGS, MODALITIES)
 
 
@@ -55,13 +54,13 @@ def test_rerun_skips_matching_and_rebuilds_changed_shards(tmp_path):
     shards = tmp_path / "shards"
     assert build_shard(0, cases, shards, SETTINGS, MODALITIES).status == "written"
     assert build_shard(0, cases, shards, SETTINGS, MODALITIES).status == "skipped"
-    assert build_shard(0, cases, shards, PreprocessSettings(size=12), MODALITIES).status == "written"
-    assert build_shard(0, cases, shards, PreprocessSettings(size=12), MODALITIES).status == "skipped"
-    assert build_shard(0, cases[:1], shards, PreprocessSettings(size=12), MODALITIES).status == "written"
+    assert build_shard(0, cases, shards, PreprocessConfig(size=12), MODALITIES).status == "written"
+    assert build_shard(0, cases, shards, PreprocessConfig(size=12), MODALITIES).status == "skipped"
+    assert build_shard(0, cases[:1], shards, PreprocessConfig(size=12), MODALITIES).status == "written"
     with open(shards / "shard-00000.h5", "r+b") as fh:
         fh.seek(-100, 2)
         fh.write(b"\0" * 50)
-    assert build_shard(0, cases[:1], shards, PreprocessSettings(size=12), MODALITIES).status == "written"
+    assert build_shard(0, cases[:1], shards, PreprocessConfig(size=12), MODALITIES).status == "written"
 
 
 def test_quarantine_is_recorded_and_stale_temps_removed(tmp_path):
@@ -105,7 +104,7 @@ BUILD_SCRIPT = textwrap.dedent("""
     from pathlib import Path
     import idhhpc.data.shards as shards
     from idhhpc.data.cases import CaseFiles
-    from idhhpc.data.preprocess import PreprocessSettings
+    from idhhpc.config import PreprocessConfig
 
     def announce_then_stall(name, original):
         def wrapped(*args, **kwargs):
@@ -122,7 +121,7 @@ BUILD_SCRIPT = textwrap.dedent("""
         cases = [CaseFiles(c["pid"], c["label"], {k: Path(v) for k, v in c["images"].items()},
                            Path(c["brain"]), Path(c["tumor"])) for c in shard]
         print("shard", i, flush=True)
-        shards.build_shard(i, cases, Path(plan["out"]), PreprocessSettings(size=16), plan["modalities"])
+        shards.build_shard(i, cases, Path(plan["out"]), PreprocessConfig(size=16), plan["modalities"])
 """)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from idhhpc.explain.cases import explain_cases
+from idhhpc.explain.explainer import explain_cases
 from idhhpc.ids import UnsafePatientId
 
 N = 24

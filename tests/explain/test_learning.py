@@ -16,17 +16,15 @@ import numpy as np
 import pytest
 
 from idhhpc.config import load_job
+from idhhpc.constants import SELECTION_FILE
 from idhhpc.data.dataset import ShardDataset
-from idhhpc.data.phantoms import generate_cohort
-from idhhpc.explain.gradcam import compute_cam
+from idhhpc.data.splits import load_splits
+from idhhpc.explain.gradcam import compute_cam, default_cam_layer
 from idhhpc.explain.stats import cam_statistics
-from idhhpc.model.params import default_cam_layer
-from idhhpc.stages.evaluate import load_trained
-from idhhpc.stages.split import load_splits
-from idhhpc.stages.train import SELECTION_FILE
-from idhhpc.train.optim import resolve_device
+from idhhpc.phantoms import generate_cohort
+from idhhpc.predictor import Predictor
 from idhhpc.workdir import WorkDir
-from tests.pipeline import run_in_process
+from tests.support.pipeline import run_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -66,7 +64,7 @@ def test_gradcam_energy_in_tumor_beats_its_chance_level(fitted):
 def validation_cam_energy(config, selection) -> tuple[float, float]:
     """Mean CAM energy in the tumor (predicted class, as the explain stage shows it) over the
     validation patients, and the mean of its chance level."""
-    model = load_trained(config, selection["checkpoint"], resolve_device("cpu"))
+    model = Predictor.load(WorkDir(config.work_dir).exported_model("fit"), "cpu").model
     layer = config.explain.layer or default_cam_layer(model)
     work = WorkDir(config.work_dir)
     dataset = ShardDataset(work.index, load_splits(config)["fit"]["val"], with_masks=True)

@@ -11,14 +11,12 @@ import pytest
 import torch
 
 from idhhpc.hpc.failures import describe_failure, is_gpu_out_of_memory
-from idhhpc.hpc.guards import preprocess_shard
-from idhhpc.hpc.pipeline import Step, build_steps
+from idhhpc.hpc.pipeline import build_steps, outputs_verify, plan_skips
 from idhhpc.hpc.runner import SKIPPED, StageFailed, run_locally
-from idhhpc.hpc.verify import outputs_verify, plan_skips
 from idhhpc.launch import main
-
-sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make the helper importable
-from tiny_job import tiny_config, tiny_overrides  # noqa: E402
+from idhhpc.stages.preprocess import run_preprocess_shard as preprocess_shard
+from idhhpc.stages.step import Step
+from tests.support.jobs import tiny_config, tiny_overrides
 
 ALL = ["cohort", "preprocess", "split", "cv", "fit", "evaluate", "explain"]
 OOM_WORDS = ("train.micro_batch", "train.accumulate", "model.activation_checkpointing")
@@ -82,14 +80,9 @@ def raise_gpu_oom(config, *args):
     raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
-class StubStep(Step):
-    def function(self):
-        return raise_gpu_oom
-
-
 def test_gpu_out_of_memory_names_the_settings_to_change(tmp_path) -> None:
     config = tiny_config(tmp_path / "work", tmp_path / "cohort")
-    step = StubStep("fit", "fit", "stub:raise_gpu_oom", lambda c: [()])
+    step = Step("fit", "fit", raise_gpu_oom)
     with pytest.raises(StageFailed) as caught:
         run_locally([step], config, "debug", tmp_path / "jobs", progress=False)
     message = str(caught.value)
@@ -158,5 +151,5 @@ def test_dry_run_prints_the_array_and_dependencies(tmp_path, capsys) -> None:
 
 def test_guard_is_what_the_preprocess_step_runs() -> None:
     step = next(s for s in build_steps(["preprocess"]) if s.name == "preprocess")
-    assert step.function() is preprocess_shard
+    assert step.function is preprocess_shard
     assert step.after == ()

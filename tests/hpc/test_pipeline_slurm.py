@@ -11,7 +11,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,11 +20,9 @@ import torch
 from idhhpc.hpc.chain import job_states, wait_for_chain
 from idhhpc.hpc.pipeline import build_steps
 from idhhpc.hpc.runner import run_locally, submit_to_slurm
-from idhhpc.hpc.slurm_env import cluster_unavailable_reason, sacct_records, wait_for_final_state
 from idhhpc.launch import main
-
-sys.path.insert(0, str(Path(__file__).parent))  # --import-mode=importlib: make the helper importable
-from tiny_job import tiny_config, tiny_overrides  # noqa: E402
+from tests.support.jobs import tiny_config, tiny_overrides
+from tests.support.slurm import cluster_unavailable_reason, sacct_records, wait_for_final_state
 
 _UNAVAILABLE = cluster_unavailable_reason()
 pytestmark = [

@@ -19,7 +19,7 @@ import pytest
 import submitit
 from submitit.slurm.slurm import SlurmJobEnvironment
 
-from idhhpc.hpc.slurm_env import (
+from tests.support.slurm import (
     cluster_unavailable_reason,
     sacct_records,
     wait_for_final_state,

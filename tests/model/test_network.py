@@ -4,14 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from idhhpc.model import (
-    build_model,
-    count_parameters,
-    default_cam_layer,
-    parameter_groups,
-    trainable_parameters,
-    variant_name,
-)
+from idhhpc.explain.gradcam import default_cam_layer
+from idhhpc.model import build_model, count_parameters, parameter_groups, trainable_parameters, variant_name
 from idhhpc.model.memory import SavedTensorCounter, saved_bytes_for_backward
 
 SHAPE = (2, 4, 32, 32, 32)

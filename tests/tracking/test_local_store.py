@@ -6,7 +6,7 @@ from mlflow.tracking import MlflowClient
 
 from idhhpc.tracking import Tracker, default_tracking_uri
 from idhhpc.tracking.sender import RUN_KEY_TAG
-from idhhpc.tracking.testing import free_port
+from tests.support.mlflow_server import free_port
 
 
 def test_default_uri_is_sqlite_in_work_dir(tmp_path):

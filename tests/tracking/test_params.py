@@ -1,4 +1,4 @@
-from idhhpc.tracking.params import MAX_PARAM_VAL_LENGTH, flatten_params
+from idhhpc.tracking.flatten import MAX_PARAM_VAL_LENGTH, flatten_params
 
 
 def test_nested_keys_are_joined_and_values_become_strings():

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from idhhpc.tracking import Tracker
-from idhhpc.tracking.testing import start_mlflow_server
+from tests.support.mlflow_server import start_mlflow_server
 
 pytestmark = pytest.mark.mlflow
 

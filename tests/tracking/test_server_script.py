@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from idhhpc.tracking.testing import free_port
+from tests.support.mlflow_server import free_port
 
 pytestmark = pytest.mark.mlflow
 SCRIPTS = Path(__file__).resolve().parents[2] / "mlflow"

@@ -2,7 +2,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from idhhpc.data.augment import AugmentedDataset, make_train_transform
-from idhhpc.train.toy import make_toy_dataset
+from tests.support.toy import make_toy_dataset
 
 
 def _augmented(seed=0):

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from idhhpc.tracking.testing import free_port
-from idhhpc.train.distributed_testing import FrozenPrefixNet, build_toy_model, fit_toy, spawn_toy_fits, toy_data
 from idhhpc.train.sampler import epoch_batches, make_sampler
+from tests.support.distributed import FrozenPrefixNet, build_toy_model, fit_toy, spawn_toy_fits, toy_data
+from tests.support.mlflow_server import free_port
 
 ATOL = 1e-6
 # 13 samples: 1 rank x micro-batch 4 = 2 ranks x micro-batch 2 -> 4 micro-steps per epoch, 2 windows of 2
@@ -156,7 +156,7 @@ def test_submitit_local_executor_with_two_tasks_matches_one_rank(one_rank, tmp_p
 
 
 def _slurm_unavailable() -> str | None:
-    from idhhpc.hpc.slurm_env import cluster_unavailable_reason
+    from tests.support.slurm import cluster_unavailable_reason
 
     return cluster_unavailable_reason()
 
@@ -176,7 +176,7 @@ def test_slurm_two_task_fit_matches_one_rank(one_rank, tmp_path):
     outcomes = job.results()
     assert [(o.rank, o.world_size) for o in outcomes] == [(0, 2), (1, 2)]
     assert_same_fit(outcomes[0].history, tmp_path / "run", one_rank[0].history, one_rank[1])
-    from idhhpc.hpc.slurm_env import wait_for_final_state
+    from tests.support.slurm import wait_for_final_state
 
     assert wait_for_final_state(job.job_id) == "COMPLETED", "a task failed (e.g. aborted while closing the group)"
 
@@ -193,9 +193,9 @@ def test_slurm_two_task_fit_preempted_requeues_and_matches_one_rank(tmp_path):
     import submitit
     from submitit.slurm.slurm import SlurmJobEnvironment
 
-    from idhhpc.hpc.slurm_env import sacct_records, wait_for_final_state
-    from idhhpc.train.distributed_testing import fit_toy_until_preempted
     from idhhpc.train.preemption import TrainingJob
+    from tests.support.distributed import fit_toy_until_preempted
+    from tests.support.slurm import sacct_records, wait_for_final_state
 
     settings = dict(TWO_RANKS, epochs=6)
     reference = fit_toy(str(tmp_path / "reference"), dict(settings, micro_batch=4))

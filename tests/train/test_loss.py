@@ -3,8 +3,8 @@ import math
 import pytest
 import torch
 
+from idhhpc.config import TrainConfig
 from idhhpc.train.loss import make_loss
-from idhhpc.train.settings import TrainSettings
 
 
 def _focal_by_hand(logits: torch.Tensor, labels: torch.Tensor, gamma: float, alpha: float) -> float:
@@ -20,12 +20,12 @@ def _focal_by_hand(logits: torch.Tensor, labels: torch.Tensor, gamma: float, alp
 def test_focal_loss_matches_formula(gamma, alpha):
     logits = torch.tensor([[2.0, -1.0], [0.3, 0.1], [-1.0, 3.0], [0.5, 0.5], [4.0, -2.0]])
     labels = torch.tensor([0, 1, 1, 0, 1])
-    loss = make_loss(TrainSettings(loss="focal", focal_gamma=gamma, focal_alpha=alpha))(logits, labels)
+    loss = make_loss(TrainConfig(loss="focal", focal_gamma=gamma, focal_alpha=alpha))(logits, labels)
     assert loss.item() == pytest.approx(_focal_by_hand(logits, labels, gamma, alpha), rel=1e-5)
 
 
 def test_focal_alpha_weights_mutant_class_more():
-    loss = make_loss(TrainSettings(focal_alpha=0.75, focal_gamma=0.0))
+    loss = make_loss(TrainConfig(focal_alpha=0.75, focal_gamma=0.0))
     logits = torch.zeros(1, 2)
     mutant, wildtype = loss(logits, torch.tensor([1])), loss(logits, torch.tensor([0]))
     assert mutant.item() == pytest.approx(3 * wildtype.item())
@@ -34,12 +34,12 @@ def test_focal_alpha_weights_mutant_class_more():
 def test_focal_with_gamma_zero_and_no_alpha_is_cross_entropy():
     logits = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([0, 1, 0, 1, 1, 0])
-    focal = make_loss(TrainSettings(focal_gamma=0.0, focal_alpha=None))(logits, labels)
-    ce = make_loss(TrainSettings(loss="ce"))(logits, labels)
+    focal = make_loss(TrainConfig(focal_gamma=0.0, focal_alpha=None))(logits, labels)
+    ce = make_loss(TrainConfig(loss="ce"))(logits, labels)
     assert focal.item() == pytest.approx(ce.item(), rel=1e-6)
 
 
 def test_focal_loss_has_gradients():
     logits = torch.randn(4, 2, requires_grad=True)
-    make_loss(TrainSettings())(logits, torch.tensor([0, 1, 1, 0])).backward()
+    make_loss(TrainConfig())(logits, torch.tensor([0, 1, 1, 0])).backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0

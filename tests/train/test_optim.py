@@ -1,9 +1,10 @@
 import pytest
 import torch
 
-from idhhpc.train.optim import make_optimizer, make_scheduler, optimizer_steps_per_epoch, resolve_amp
-from idhhpc.train.settings import TrainSettings
-from idhhpc.train.toy import TinyConvNet
+from idhhpc.config import TrainConfig
+from idhhpc.devices import resolve_amp
+from idhhpc.train.optim import make_optimizer, make_scheduler, optimizer_steps_per_epoch
+from tests.support.toy import TinyConvNet
 
 
 def test_optimizer_steps_per_epoch_counts_partial_windows():
@@ -13,7 +14,7 @@ def test_optimizer_steps_per_epoch_counts_partial_windows():
 
 
 def test_onecycle_runs_all_steps_and_ends_at_min_lr():
-    settings = TrainSettings(epochs=3, micro_batch=3, accumulate=2, max_lr=1e-2)
+    settings = TrainConfig(epochs=3, micro_batch=3, accumulate=2, max_lr=1e-2)
     model = torch.nn.Linear(2, 2)
     optimizer = make_optimizer(model, settings)
     scheduler = make_scheduler(optimizer, settings, n_samples=10)
@@ -30,7 +31,7 @@ def test_onecycle_runs_all_steps_and_ends_at_min_lr():
 def test_parameter_groups_skip_frozen_and_do_not_decay_norms_or_biases():
     model = TinyConvNet()
     model.features[0].requires_grad_(False)
-    groups = make_optimizer(model, TrainSettings(weight_decay=0.1)).param_groups
+    groups = make_optimizer(model, TrainConfig(weight_decay=0.1)).param_groups
     decayed = {id(p) for p in groups[0]["params"]}
     undecayed = {id(p) for p in groups[1]["params"]}
     assert groups[0]["weight_decay"] == 0.1 and groups[1]["weight_decay"] == 0.0

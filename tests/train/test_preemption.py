@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
+from idhhpc.config import TrainConfig
 from idhhpc.train.preemption import TrainingJob
-from idhhpc.train.settings import TrainSettings
 from idhhpc.train.stopping import TrainingInterrupted
-from idhhpc.train.toy import TinyConvNet, make_toy_dataset
 from idhhpc.train.trainer import train
+from tests.support.toy import TinyConvNet, make_toy_dataset
 
-SETTINGS = TrainSettings(epochs=2, micro_batch=2, accumulate=2, max_lr=1e-2, num_workers=0)
+SETTINGS = TrainConfig(epochs=2, micro_batch=2, accumulate=2, max_lr=1e-2, num_workers=0)
 
 
 class SignalOnFetch(Dataset):

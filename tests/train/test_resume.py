@@ -1,17 +1,16 @@
 """The key property: stopping anywhere and resuming gives bitwise the weights of an unbroken run."""
 
-import dataclasses
 
 import pytest
 import torch
 
-from idhhpc.train.settings import TrainSettings
+from idhhpc.config import TrainConfig
 from idhhpc.train.stopping import StopRequest, TrainingInterrupted
-from idhhpc.train.toy import TinyConvNet, make_toy_dataset
 from idhhpc.train.trainer import train
+from tests.support.toy import TinyConvNet, make_toy_dataset
 
 # 9 samples / micro-batch 2 -> 5 micro-steps per epoch, windows of 2 -> 3 optimizer steps (last one short)
-SETTINGS = TrainSettings(epochs=2, micro_batch=2, accumulate=2, max_lr=1e-2, num_workers=0, patience=5)
+SETTINGS = TrainConfig(epochs=2, micro_batch=2, accumulate=2, max_lr=1e-2, num_workers=0, patience=5)
 
 
 def _run(run_dir, settings=SETTINGS, init_seed=0, **kwargs):
@@ -61,14 +60,14 @@ def test_resume_between_epochs_is_exact(tmp_path, reference):
 
 
 def test_resume_with_worker_processes_is_exact(tmp_path, reference):
-    with_workers = dataclasses.replace(SETTINGS, num_workers=2)
+    with_workers = SETTINGS.model_copy(update={"num_workers": 2})
     with pytest.raises(TrainingInterrupted):
         _run(tmp_path, with_workers, stop=StopRequest(at_micro_step=6))
     _assert_same_run(_run(tmp_path, with_workers, init_seed=9), reference)
 
 
 def test_periodic_mid_epoch_checkpoint_resumes_exactly(tmp_path, reference):
-    every_step = dataclasses.replace(SETTINGS, checkpoint_every_steps=1)
+    every_step = SETTINGS.model_copy(update={"checkpoint_every_steps": 1})
     saved = []
     try:
         _run(tmp_path, every_step, stop=StopRequest(at_micro_step=8),
@@ -82,7 +81,7 @@ def test_periodic_mid_epoch_checkpoint_resumes_exactly(tmp_path, reference):
 
 def test_resume_with_fp16_grad_scaler_is_exact(tmp_path_factory):
     """fp16 autocast + GradScaler (CPU here): scaler state and scaled mid-window gradients survive resume."""
-    fp16 = dataclasses.replace(SETTINGS, amp="fp16")
+    fp16 = SETTINGS.model_copy(update={"amp": "fp16"})
     reference = _run(tmp_path_factory.mktemp("fp16-reference"), fp16)
     run_dir = tmp_path_factory.mktemp("fp16-resumed")
     with pytest.raises(TrainingInterrupted):

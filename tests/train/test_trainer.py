@@ -3,12 +3,12 @@ import math
 import pytest
 import torch
 
-from idhhpc.train.settings import TrainSettings
+from idhhpc.config import TrainConfig
 from idhhpc.train.stopping import StopRequest, TrainingInterrupted, request_stop
-from idhhpc.train.toy import TinyConvNet, make_toy_dataset
 from idhhpc.train.trainer import train
+from tests.support.toy import TinyConvNet, make_toy_dataset
 
-SETTINGS = TrainSettings(epochs=2, micro_batch=2, accumulate=2, max_lr=1e-2, num_workers=0, patience=5)
+SETTINGS = TrainConfig(epochs=2, micro_batch=2, accumulate=2, max_lr=1e-2, num_workers=0, patience=5)
 
 
 def _datasets():
@@ -55,8 +55,8 @@ def test_one_class_validation_gives_nan_auc_and_still_selects_best(tmp_path):
 
 
 def test_early_stopping_on_val_loss(tmp_path):
-    settings = TrainSettings(epochs=6, micro_batch=5, accumulate=1, max_lr=0.0, num_workers=0, patience=1,
-                             select_metric="val/loss", augment=False)
+    settings = TrainConfig(epochs=6, micro_batch=5, accumulate=1, num_workers=0, patience=1,
+                           select_metric="val/loss", augment=False).model_copy(update={"max_lr": 0.0})
     torch.manual_seed(0)
     model = TinyConvNet()
     for module in model.modules():

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from idhhpc.train.settings import TrainSettings
+from idhhpc.config import TrainConfig
 from idhhpc.train.stopping import StopRequest, TrainingInterrupted
-from idhhpc.train.toy import make_toy_dataset
 from idhhpc.train.trainer import train
+from tests.support.toy import make_toy_dataset
 
 model_module = pytest.importorskip("idhhpc.model")
 
-SETTINGS = TrainSettings(epochs=1, micro_batch=2, accumulate=2, num_workers=0, max_lr=1e-3)
+SETTINGS = TrainConfig(epochs=1, micro_batch=2, accumulate=2, num_workers=0, max_lr=1e-3)
 
 
 def _run(run_dir, init_seed=0, stop=None):

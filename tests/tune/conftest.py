@@ -10,7 +10,7 @@ import pytest
 from idhhpc.stages.cohort import run_cohort
 from idhhpc.stages.preprocess import count_shards, run_merge_index, run_preprocess_shard
 from idhhpc.stages.split import run_split
-from tests.tune.helpers import tiny_job
+from tests.support.jobs import tiny_job
 
 
 @pytest.fixture(scope="session")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from idhhpc.data.splits import load_splits
 from idhhpc.model.network import build_model
-from idhhpc.stages.split import load_splits
 from idhhpc.tune.folds import TestSplitLeak, tuning_folds
 from idhhpc.tune.shared import frozen_tensors, parameter_bytes, shared_prefix_copies, tail_state
 from idhhpc.tune.trainable import build_cv, trial_job
-from tests.tune.helpers import tiny_job
+from tests.support.jobs import tiny_job
 
 
 def test_copies_share_the_frozen_prefix_and_own_their_tails():

@@ -12,10 +12,10 @@ from mlflow.tracking import MlflowClient
 
 from idhhpc.hpc.pipeline import build_steps
 from idhhpc.hpc.runner import submit_to_slurm
-from idhhpc.hpc.slurm_env import cluster_unavailable_reason, wait_for_final_state
-from idhhpc.stages.track import tracking_uri
+from idhhpc.tracking.runs import tracking_uri
 from idhhpc.tune.runs import TRIAL_TAG
-from tests.tune.helpers import tiny_job
+from tests.support.jobs import tiny_job
+from tests.support.slurm import cluster_unavailable_reason, wait_for_final_state
 
 _UNAVAILABLE = cluster_unavailable_reason()
 pytestmark = [

@@ -7,8 +7,7 @@ from ray.tune.search.sample import Categorical, Float
 
 from idhhpc.config import TrainConfig
 from idhhpc.tune.space import SpaceError, load_space, parse_space
-
-from tests.tune.helpers import SPACE
+from tests.support.jobs import SPACE
 
 
 def test_shipped_space_loads_with_the_issue_parameters():

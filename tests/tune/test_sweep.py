@@ -13,14 +13,14 @@ import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from idhhpc.stages.split import load_splits
-from idhhpc.stages.track import tracking_uri
-from idhhpc.stages.train import with_best_config
+from idhhpc.data.splits import load_splits
+from idhhpc.tracking.runs import tracking_uri
 from idhhpc.tune.folds import tuning_folds
 from idhhpc.tune.runs import BEST_TAG, TRIAL_TAG, sweep_key
 from idhhpc.tune.space import load_space
 from idhhpc.tune.sweep import build_tuner, ensure_ray, experiment_path, run_sweep
-from tests.tune.helpers import tiny_job
+from idhhpc.tuned import apply_tuned
+from tests.support.jobs import tiny_job
 
 ray = pytest.importorskip("ray")
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # trials run in workers without tests/ on sys.path
@@ -84,7 +84,7 @@ def test_sweep_logs_trials_as_children_and_writes_best_config(workspace, local_r
     assert [r.data.tags[BEST_TAG] for r in trials].count("true") == 1
     best = yaml.safe_load((workspace / "work" / "best_config.yaml").read_text())["train"]
     assert best == summary.best_config and set(best) >= {"max_lr", "focal_gamma"}
-    tuned = with_best_config(config)
+    tuned = apply_tuned(config)
     assert tuned.train.max_lr == pytest.approx(best["max_lr"]) and tuned.train.accumulate == best["accumulate"]
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from idhhpc.data.cases import DEFAULT_MODALITIES, CaseFiles
+from idhhpc.constants import MODALITIES
+from idhhpc.data.cases import CaseFiles
 
 LPS_AFFINE = np.array([[-1.0, 0, 0, 40], [0, -1.0, 0, 36], [0, 0, 1.0, -10], [0, 0, 0, 1]])
 RAS_AFFINE = np.array([[1.0, 0, 0, -20], [0, 1.0, 0, -18], [0, 0, 1.0, -10], [0, 0, 0, 1]])
@@ -42,7 +43,7 @@ def write_case(root: Path, patient_id: str = "UCSF-PDGM-0004", affine: np.ndarra
     folder.mkdir(parents=True, exist_ok=True)
     images, brain, tumor = synthetic_arrays(shape, seed)
     paths = {}
-    for name, data in zip(DEFAULT_MODALITIES, images):
+    for name, data in zip(MODALITIES, images):
         paths[name] = folder / f"{patient_id}_{name}.nii.gz"
         nib.save(nib.Nifti1Image(data, affine), paths[name])
     brain_path = folder / f"{patient_id}_brain_segmentation.nii.gz"

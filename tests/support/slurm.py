@@ -1,8 +1,7 @@
-"""Probe a Slurm cluster and read job states from its accounting (sacct).
+"""Probe the Slurm test cluster and read job states for assertions (built on ``idhhpc.hpc.sacct``).
 
-Tests and the launcher use this to skip or fail early with a reason instead of
-hanging on a cluster that is not there, and to read what Slurm recorded for a
-job: submitit only keeps the latest state, while sacct keeps every requeue.
+Tests skip or fail early with a reason instead of hanging on a cluster that is not there, and
+read what Slurm recorded for a job: sacct keeps every requeue, submitit only the latest state.
 """
 
 from __future__ import annotations
@@ -11,21 +10,10 @@ import shutil
 import subprocess
 import time
 
-#: sacct states after which a job record does not change any more.
-FINAL_STATES = frozenset(
-    {
-        "BOOT_FAIL",
-        "CANCELLED",
-        "COMPLETED",
-        "DEADLINE",
-        "FAILED",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "PREEMPTED",
-        "TIMEOUT",
-    }
-)
+from idhhpc.hpc.sacct import FINAL_STATES, sacct_rows
+
 _USABLE_NODE_STATES = ("idle", "mixed", "allocated", "completing")
+_FIELDS = ("JobID", "State", "ExitCode", "Start", "End", "Partition", "AllocTRES")
 
 
 def _run(cmd: list[str], timeout_s: float = 20) -> subprocess.CompletedProcess[str]:
@@ -57,24 +45,9 @@ def cluster_unavailable_reason() -> str | None:
 
 
 def sacct_records(job_id: str, *, with_requeues: bool = False) -> list[dict[str, str]]:
-    """Return sacct's allocation records of JOB_ID (one per array task).
-
-    ``with_requeues`` adds the records of earlier runs of a requeued job
-    (``sacct --duplicates``), oldest first, so a preempted-then-finished job
-    reads REQUEUED, COMPLETED. ``State`` keeps only its first word
-    (``CANCELLED by 0`` becomes ``CANCELLED``).
-    """
-    fields = ["JobID", "State", "ExitCode", "Start", "End", "Partition", "AllocTRES"]
-    cmd = ["sacct", "-n", "-P", "-X", "-j", job_id, "-o", ",".join(fields)]
-    if with_requeues:
-        cmd.append("--duplicates")
-    result = _run(cmd)
-    if result.returncode != 0:
-        raise RuntimeError(f"sacct for job {job_id} failed: {result.stderr.strip()}")
-    records = [dict(zip(fields, line.split("|"))) for line in result.stdout.splitlines() if line]
-    for record in records:
-        record["State"] = record["State"].split()[0] if record["State"] else ""
-    return records
+    """sacct's allocation records of JOB_ID (one per array task); ``with_requeues`` adds the
+    records of earlier runs of a requeued job, oldest first (REQUEUED, COMPLETED)."""
+    return sacct_rows([job_id], _FIELDS, duplicates=with_requeues, timeout_s=20)
 
 
 def _is_final_and_complete(record: dict[str, str]) -> bool:

@@ -1,4 +1,4 @@
-"""The evaluate stage: test-set metrics, bootstrap CIs, predictions, figures and a report in one folder."""
+"""What evaluation writes: test-set metrics, bootstrap CIs, predictions, figures and a report, in one folder."""
 
 from __future__ import annotations
 
@@ -12,14 +12,15 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
+from idhhpc.atomic import atomic_write_json, atomic_write_text
+from idhhpc.constants import CLASS_NAMES, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE
 from idhhpc.evaluate import plots
 from idhhpc.evaluate.bootstrap import bootstrap_ci
-from idhhpc.evaluate.inputs import CLASS_NAMES, as_binary_arrays, has_both_classes
+from idhhpc.evaluate.inputs import as_binary_arrays, has_both_classes
 from idhhpc.evaluate.metrics import compute_metrics, predict_labels
 from idhhpc.evaluate.reference import STUDY_REFERENCE
 from idhhpc.evaluate.report import render_report
 from idhhpc.ids import validate_patient_id
-from idhhpc.io import atomic_write_json, atomic_write_text
 
 CONFIDENCE_LEVEL = 0.95
 
@@ -45,10 +46,10 @@ def evaluate_predictions(
     metrics = compute_metrics(labels, probs, threshold)
     intervals = bootstrap_ci(labels, probs, threshold, n_resamples=n_resamples, seed=seed, alpha=1 - CONFIDENCE_LEVEL)
     summary = _summary(labels, threshold, n_resamples, seed)
-    atomic_write_json(out_dir / "metrics.json", _metrics_document(metrics, intervals, summary))
-    atomic_write_text(out_dir / "predictions.csv", _predictions_csv(patient_ids, labels, probs, threshold))
+    atomic_write_json(out_dir / METRICS_FILE, _metrics_document(metrics, intervals, summary))
+    atomic_write_text(out_dir / PREDICTIONS_FILE, _predictions_csv(patient_ids, labels, probs, threshold))
     figures = _write_figures(labels, probs, threshold, metrics, intervals, history, out_dir)
-    atomic_write_text(out_dir / "report.md", render_report(metrics, intervals, summary, figures))
+    atomic_write_text(out_dir / REPORT_FILE, render_report(metrics, intervals, summary, figures))
     return metrics
 
 

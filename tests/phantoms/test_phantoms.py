@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from idhhpc.data import phantoms
-from idhhpc.data.phantom_anatomy import load_anatomy
-from idhhpc.data.phantom_clinical import METADATA_COLUMNS, MUTANT_SPELLINGS, clinical_row
-from idhhpc.data.phantom_mri import SIGNAL
-from idhhpc.data.phantoms import generate_cohort, plan_cohort, render_patient, write_patient
 from idhhpc.ids import UnsafePatientId
+from idhhpc.phantoms.anatomy import load_anatomy
+from idhhpc.phantoms.clinical import METADATA_COLUMNS, MUTANT_SPELLINGS, clinical_row
+from idhhpc.phantoms.cohort import generate_cohort, plan_cohort, render_patient, write_patient
+from idhhpc.phantoms.mri import SIGNAL
 
 SHAPE = (48, 48, 32)
 N_PATIENTS = 20

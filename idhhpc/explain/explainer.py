@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from idhhpc.atomic import atomic_write_json
+from idhhpc.constants import CAM_STATISTICS_FILE, CLASS_NAMES, GALLERY_FILE, GALLERY_HTML_FILE, MUTANT
 from idhhpc.explain.gallery import write_gallery
-from idhhpc.explain.gradcam import MUTANT_CLASS, CamMethod, CamResult, compute_cam
+from idhhpc.explain.gradcam import CamMethod, CamResult, compute_cam, default_cam_layer
 from idhhpc.explain.native import save_cam_nifti
 from idhhpc.explain.overlay import case_title, save_overlay
-from idhhpc.explain.stats import CLASS_NAMES, cam_statistics, summarise_cam_statistics
+from idhhpc.explain.stats import cam_statistics, summarise_cam_statistics
 from idhhpc.ids import validate_patient_id
-from idhhpc.io import atomic_write_json
 
 FLAIR_CHANNEL = 0
 CaseToNative = Callable[[np.ndarray, Mapping], nib.Nifti1Image]
@@ -34,7 +35,7 @@ def explain_cases(
     cases: Iterable[Mapping],
     out_dir: str | os.PathLike,
     threshold: float,
-    target_layer: str,
+    target_layer: str | None = None,
     methods: Sequence[CamMethod] = ("gradcam",),
     to_native: CaseToNative | None = None,
 ) -> dict:
@@ -44,15 +45,17 @@ def explain_cases(
     ``tumor`` (labels 0/1/2/4 or None), ``brain`` (mask or None: non-zero voxels) and optionally
     ``prob`` (the evaluated mutant probability, e.g. after test-time augmentation) and ``affine``
     (model-space affine for the NIfTI). ``to_native(cam, case)`` maps a CAM to the native grid.
-    Returns the summary metrics, the per-case records and the written paths.
+    ``target_layer`` None explains the head convolution. Returns the summary metrics, the per-case
+    records and the written paths.
     """
     out_dir = Path(out_dir)
+    target_layer = target_layer or default_cam_layer(model)
     model.eval()
     records = [_explain_case(model, c, out_dir, threshold, target_layer, methods, to_native) for c in cases]
     summary = summarise_cam_statistics(
         {**r["statistics"], "label": r["label"], "correct": r["correct"]} for r in records if r["label"] is not None)
-    galleries = [write_gallery(records, out_dir / "gallery.html"), write_gallery(records, out_dir / "gallery.md")]
-    statistics = out_dir / "cam_statistics.json"
+    galleries = [write_gallery(records, out_dir / GALLERY_HTML_FILE), write_gallery(records, out_dir / GALLERY_FILE)]
+    statistics = out_dir / CAM_STATISTICS_FILE
     atomic_write_json(statistics, {"summary": summary, "threshold": threshold, "target_layer": target_layer,
                                    "methods": list(methods), "cases": records})
     return {"summary": summary, "cases": records, "galleries": galleries, "statistics": statistics}
@@ -83,12 +86,12 @@ def _explain_case(model: nn.Module, case: Mapping, out_dir: Path, threshold: flo
 def _cams_for_case(model: nn.Module, image: torch.Tensor, given_prob: float | None, threshold: float,
                    target_layer: str, method: CamMethod) -> tuple[float, int, list[CamResult]]:
     """The mutant-class CAM, plus the wildtype one when that is the (thresholded) prediction."""
-    mutant = compute_cam(model, image, target_layer, MUTANT_CLASS, method)
+    mutant = compute_cam(model, image, target_layer, MUTANT, method)
     prob = mutant.prob_mutant if given_prob is None else float(given_prob)
     predicted = int(prob >= threshold)
-    if predicted == MUTANT_CLASS:
+    if predicted == MUTANT:
         return prob, predicted, [mutant]
-    return prob, predicted, [mutant, compute_cam(model, image, target_layer, 1 - MUTANT_CLASS, method)]
+    return prob, predicted, [mutant, compute_cam(model, image, target_layer, 1 - MUTANT, method)]
 
 
 def _write_cam_files(cam: np.ndarray, image: torch.Tensor, tumor: np.ndarray, case: Mapping, case_dir: Path,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from idhhpc.stages.split import make_splits, non_test_patients
+from idhhpc.data.splits import make_splits, non_test_patients
 
 
 @pytest.fixture

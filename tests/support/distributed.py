@@ -19,11 +19,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from idhhpc.config import TrainConfig
 from idhhpc.train import distributed
-from idhhpc.train.settings import TrainSettings
 from idhhpc.train.stopping import StopRequest, TrainingInterrupted
-from idhhpc.train.toy import InMemoryDataset, make_toy_dataset
 from idhhpc.train.trainer import train
+from tests.support.toy import InMemoryDataset, make_toy_dataset
 
 
 class FrozenPrefixNet(nn.Module):
@@ -116,7 +116,7 @@ def fit_toy(run_dir: str, settings: dict[str, Any], stop_at: int | None = None, 
             torch.manual_seed(seed)
             network = build_toy_model(model)
             train_ds, val_ds = toy_data(size=size)
-            return train(network, train_ds, val_ds, TrainSettings(**settings), Path(run_dir),
+            return train(network, train_ds, val_ds, TrainConfig(**settings), Path(run_dir),
                          on_epoch_end=count_epoch, stop=stop).history
 
         if stop_at is not None:
@@ -172,6 +172,6 @@ def fit_toy_until_preempted(run_dir: str, settings: dict[str, Any], started_mark
 
         torch.manual_seed(0)
         train_ds, val_ds = toy_data()
-        outcome.history = train(FrozenPrefixNet(), train_ds, val_ds, TrainSettings(**settings), Path(run_dir),
+        outcome.history = train(FrozenPrefixNet(), train_ds, val_ds, TrainConfig(**settings), Path(run_dir),
                                 on_epoch_end=mark_and_pause, stop=stop).history
     return outcome

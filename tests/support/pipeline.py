@@ -8,6 +8,5 @@ from idhhpc.hpc.pipeline import build_steps
 
 def run_in_process(config: JobConfig, stages: list[str]) -> None:
     for step in build_steps(stages):
-        function = step.function()
         for args in step.tasks(config):
-            function(config, *args)
+            step.function(config, *args)

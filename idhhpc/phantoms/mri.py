@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from idhhpc.data.phantom_anatomy import Anatomy
-from idhhpc.data.phantom_noise import smooth_noise
-from idhhpc.data.phantom_tumor import Lesion, TumorSpec
+from idhhpc.phantoms.anatomy import Anatomy
+from idhhpc.phantoms.noise import smooth_noise
+from idhhpc.phantoms.tumor import Lesion, TumorSpec
 
 CONTRASTS = ("FLAIR", "T1", "T1c", "T2")
 

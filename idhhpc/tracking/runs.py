@@ -1,4 +1,4 @@
-"""MLflow glue for stages: one parent run per launch, one child run per stage task."""
+"""The runs of a launch: one MLflow parent run per launch, one child run per stage task."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from typing import Iterator
 from mlflow.tracking import MlflowClient
 
 from idhhpc.config import JobConfig
-from idhhpc.tracking import RunHandle, Tracker, default_tracking_uri, flatten_params
+from idhhpc.tracking.flatten import flatten_params
+from idhhpc.tracking.tracker import RunHandle, Tracker
+from idhhpc.tracking.uris import default_tracking_uri
 from idhhpc.workdir import WorkDir
 
 log = logging.getLogger(__name__)

@@ -46,7 +46,7 @@ def test_too_few_patients_fails_with_the_summary(tmp_path):
 
 
 def test_real_dataset_at_root_is_used_instead_of_phantoms(tmp_path):
-    from tests.data.ucsf_layout import write_metadata, write_patient
+    from tests.support.ucsf_layout import write_metadata, write_patient
 
     for number in range(4, 10):
         write_patient(tmp_path / "cohort", f"UCSF-PDGM-{number:04d}")

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from idhhpc.data.phantom_anatomy import Anatomy
-from idhhpc.data.phantom_noise import smooth_noise
+from idhhpc.phantoms.anatomy import Anatomy
+from idhhpc.phantoms.noise import smooth_noise
 
 NECROSIS, EDEMA, ENHANCING = 1, 2, 4
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from idhhpc.data.phantom_noise import smooth_noise
+from idhhpc.phantoms.noise import smooth_noise
 
 FIELD_OF_VIEW_MM = (240.0, 240.0, 155.0)
 _VESSEL_SEED = 20240501

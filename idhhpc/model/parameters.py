@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from torch import nn
 
-from idhhpc.model.network import IDHNet
-
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 
 
@@ -45,11 +43,3 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
         "total": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in trainable_parameters(model)),
     }
-
-
-def default_cam_layer(model: IDHNet) -> str:
-    """Name of the head convolution: the last layer that still has a spatial map."""
-    name = "net._conv_head"
-    if name not in dict(model.named_modules()):
-        raise ValueError(f"model has no module {name!r}; expected an IDHNet")
-    return name

@@ -1,0 +1,59 @@
+"""Names every stage agrees on: classes, modalities, tumour labels, stages and file names.
+
+One home for them (as torchio keeps its own in ``constants.py``), so a spelling changes in one
+place and no module has to import another stage just to learn what a file is called.
+"""
+
+from __future__ import annotations
+
+# --- labels ---------------------------------------------------------------------------------
+
+WILDTYPE, MUTANT = 0, 1
+"""Label 0 is IDH wildtype, label 1 is IDH mutant (the positive class)."""
+CLASS_NAMES = ("wildtype", "mutant")
+"""``CLASS_NAMES[label]``; reports, metric keys and CAM file names use these spellings."""
+
+# --- images ---------------------------------------------------------------------------------
+
+MODALITIES = ("FLAIR", "T1", "T1c", "T2")
+"""The four pre-operative sequences, in the channel order of every tensor the project writes."""
+MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
+    "FLAIR": ("FLAIR",),
+    "T1": ("T1",),
+    "T1c": ("T1c", "T1gad", "T1ce", "T1Gd", "T1post"),
+    "T2": ("T2",),
+}
+"""File-name spellings of each modality met in UCSF-PDGM copies and users' own folders."""
+BRAIN_MASK_SUFFIX = "brain_segmentation"
+TUMOR_MASK_SUFFIX = "tumor_segmentation"
+
+NECROSIS, EDEMA, ENHANCING = 1, 2, 4
+"""UCSF-PDGM / BraTS tumour labels (there is no label 3)."""
+TUMOR_LABELS = (0, NECROSIS, EDEMA, ENHANCING)
+TUMOR_SUBREGIONS = {"necrosis": NECROSIS, "edema": EDEMA, "enhancing": ENHANCING}
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+STAGES = ("cohort", "preprocess", "split", "tune", "cv", "fit", "evaluate", "explain")
+"""Every stage, in pipeline order."""
+
+# --- file names inside a work dir (``idhhpc.workdir.WorkDir`` composes the paths) -------------
+
+MANIFEST_FILE = "manifest.csv"
+QUARANTINE_FILE = "quarantine.csv"
+SHARD_INDEX_FILE = "index.json"
+SPLITS_FILE = "splits.json"
+RESOLVED_CONFIG_FILE = "config.yaml"
+BEST_CONFIG_FILE = "best_config.yaml"
+SELECTION_FILE = "selection.json"
+MODEL_FILE = "model.pt"
+BEST_CHECKPOINT = "best.pt"
+LAST_CHECKPOINT = "last.pt"
+REPORT_FILE = "report.md"
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+GALLERY_FILE = "gallery.md"
+GALLERY_HTML_FILE = "gallery.html"
+CAM_STATISTICS_FILE = "cam_statistics.json"
+MLFLOW_STORE_FILE = "mlflow.db"
+MLFLOW_ARTIFACT_DIR = "mlartifacts"

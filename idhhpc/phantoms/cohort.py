@@ -1,0 +1,241 @@
+"""Phantom UCSF-PDGM cohorts: synthetic gliomas in the exact on-disk layout of the real dataset.
+
+No real data is needed to run, test or benchmark the pipeline: every stage reads a phantom cohort
+exactly as it would read UCSF-PDGM (4-digit folders, 3-digit CSV IDs, follow-ups, unlabeled rows,
+``T1c``/``T1gad``, ``_bias`` variants). Brains come from the MNI152 template, tumors carry an
+IDH-dependent phenotype, and ``crossover`` swaps the phenotype of some patients so the task is
+learnable but not trivial. The same seed gives the same arrays (and, since gzip headers carry
+no timestamp here, the same files).
+
+    python -m idhhpc.phantoms OUT --patients 60 --seed 0 --shape 96 96 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from tqdm import tqdm
+
+from idhhpc.atomic import atomic_write_bytes, atomic_write_text
+from idhhpc.ids import validate_patient_id
+from idhhpc.phantoms.anatomy import Anatomy, load_anatomy
+from idhhpc.phantoms.clinical import clinical_row, folder_id, followup_row, metadata_csv_text
+from idhhpc.phantoms.mri import scan_patient
+from idhhpc.phantoms.tumor import TumorSpec, draw_lesion, grown, sample_tumor
+
+METADATA_NAME = "UCSF-PDGM-metadata_v2.csv"
+DEFAULT_MUTANT_FRACTION = 103 / 501
+T1C_NAMES = ("T1c", "T1gad")
+_CLINICAL, _TUMOR, _SCANNER, _GROWTH = 1, 2, 3, 4
+
+
+@dataclass(frozen=True)
+class PlannedPatient:
+    """One folder of the cohort: its ID, true IDH class, imaging phenotype, and follow-up origin."""
+
+    index: int
+    number: int
+    idh: str
+    mutant_like: bool
+    followup: str | None = None
+    base_index: int | None = None
+
+    @property
+    def folder_id(self) -> str:
+        return folder_id(self.number, self.followup)
+
+
+def plan_cohort(n_patients: int, seed: int = 0, crossover: float = 0.15,
+                mutant_fraction: float = DEFAULT_MUTANT_FRACTION, n_followups: int | None = None,
+                n_unknown: int | None = None) -> list[PlannedPatient]:
+    """Who is in the cohort, in CSV order: ``n_patients`` labelled patients plus unlabeled ones
+    and follow-up re-scans (extra rows, so ``n_patients`` is what training can use)."""
+    _check_counts(n_patients, crossover, mutant_fraction)
+    rng = np.random.default_rng([seed, 0])
+    n_followups = _default_extra(n_patients) if n_followups is None else n_followups
+    n_unknown = _default_extra(n_patients) if n_unknown is None else n_unknown
+    if n_followups < 0 or n_unknown < 0:
+        raise ValueError(f"follow-up and unknown counts must be >= 0, got {n_followups} and {n_unknown}")
+    classes = rng.permutation(_class_list(n_patients, mutant_fraction) + ["unknown"] * n_unknown)
+    mutant_like = _phenotypes(rng, classes, crossover)
+    numbers = _non_contiguous_numbers(rng, len(classes))
+    baselines = [PlannedPatient(i, int(numbers[i]), str(classes[i]), bool(mutant_like[i])) for i in range(len(classes))]
+    return _with_followups(rng, baselines, n_followups)
+
+
+def generate_cohort(out_dir: Path, n_patients: int, seed: int = 0, shape: tuple[int, int, int] = (240, 240, 155),
+                    crossover: float = 0.15, mutant_fraction: float = DEFAULT_MUTANT_FRACTION,
+                    t1c_name: str = "T1c", with_bias: bool = False, n_followups: int | None = None,
+                    n_unknown: int | None = None, progress: bool = True) -> Path:
+    """Write a phantom cohort into ``out_dir`` and return the metadata CSV path.
+
+    The CSV is written last, so its presence means every patient folder is complete.
+    """
+    if t1c_name not in T1C_NAMES:
+        raise ValueError(f"t1c_name must be one of {T1C_NAMES}, got {t1c_name!r}")
+    out_dir = Path(out_dir)
+    plan = plan_cohort(n_patients, seed, crossover, mutant_fraction, n_followups, n_unknown)
+    anatomy = load_anatomy(tuple(shape))
+    rows: dict[int, dict[str, str]] = {}
+    csv_rows = []
+    for patient in tqdm(plan, desc=f"phantoms -> {out_dir.name}", unit="patient", disable=not progress):
+        if patient.followup is None:
+            rows[patient.index] = clinical_row(_rng(seed, _CLINICAL, patient.index), patient.number, patient.idh)
+            csv_rows.append(rows[patient.index])
+        else:
+            csv_rows.append(followup_row(rows[patient.base_index], patient.number, patient.followup))
+        volumes = render_patient(patient, anatomy, seed, t1c_name, with_bias)
+        write_patient(out_dir / f"{patient.folder_id}_nifti", patient.folder_id, volumes, anatomy.affine)
+    csv_path = out_dir / METADATA_NAME
+    atomic_write_text(csv_path, metadata_csv_text(csv_rows))
+    return csv_path
+
+
+def render_patient(patient: PlannedPatient, anatomy: Anatomy, seed: int, t1c_name: str = "T1c",
+                   with_bias: bool = False) -> dict[str, np.ndarray]:
+    """All volumes of one patient folder, keyed by file suffix (``FLAIR``, ``tumor_segmentation``...)."""
+    spec = _tumor_of(patient, anatomy, seed)
+    lesion = draw_lesion(spec, anatomy)
+    scan = scan_patient(anatomy, spec, lesion, _rng(seed, _SCANNER, patient.index))
+    rename = {"T1c": t1c_name}
+    plain = scan.with_bias() if with_bias else scan.images
+    volumes = {rename.get(name, name): image for name, image in plain.items()}
+    if with_bias:
+        volumes.update({f"{rename.get(name, name)}_bias": image for name, image in scan.images.items()})
+    labels = np.zeros(anatomy.shape, dtype=np.uint8)
+    labels[lesion.box] = lesion.labels
+    volumes["brain_segmentation"] = anatomy.brain.astype(np.uint8)
+    volumes["tumor_segmentation"] = labels
+    return volumes
+
+
+def write_patient(folder: Path, file_prefix: str, volumes: dict[str, np.ndarray], affine: np.ndarray) -> list[Path]:
+    """Write ``{folder}/{file_prefix}_{suffix}.nii.gz`` for each volume, atomically; return the paths.
+
+    Public so tests elsewhere can craft broken patients (wrong shapes, missing contrasts, NaNs)
+    in the real layout. Boolean arrays are stored as uint8, since NIfTI has no boolean type.
+    """
+    folder = Path(folder)
+    validate_patient_id(folder.name)
+    validate_patient_id(file_prefix)
+    paths = []
+    for suffix, array in volumes.items():
+        path = folder / f"{validate_patient_id(f'{file_prefix}_{suffix}')}.nii.gz"
+        atomic_write_bytes(path, nifti_gz_bytes(np.asarray(array), affine))
+        paths.append(path)
+    return paths
+
+
+def nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
+    """A gzipped NIfTI-1 file with a zero gzip timestamp, so equal arrays give equal bytes."""
+    image = nib.Nifti1Image(array.astype(np.uint8) if array.dtype == bool else array, np.asarray(affine, float))
+    image.header.set_xyzt_units("mm")
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    return gzip.compress(image.to_bytes(), compresslevel=1, mtime=0)
+
+
+def _tumor_of(patient: PlannedPatient, anatomy: Anatomy, seed: int) -> TumorSpec:
+    """A follow-up re-draws its base patient's lesion (same seed) and lets it grow a little."""
+    origin = patient.base_index if patient.followup is not None else patient.index
+    spec = sample_tumor(_rng(seed, _TUMOR, origin), patient.mutant_like, anatomy)
+    return grown(spec, _rng(seed, _GROWTH, patient.index)) if patient.followup is not None else spec
+
+
+def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([seed, stream, index])
+
+
+def _check_counts(n_patients: int, crossover: float, mutant_fraction: float) -> None:
+    if n_patients < 1:
+        raise ValueError(f"a phantom cohort needs at least 1 patient, got {n_patients}")
+    for name, value in (("crossover", crossover), ("mutant_fraction", mutant_fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {value}")
+
+
+def _default_extra(n_patients: int) -> int:
+    """About 1 % of the cohort, at least one from 20 patients on (UCSF-PDGM: 6 of 501 follow-ups)."""
+    return max(round(0.01 * n_patients), 1) if n_patients >= 20 else 0
+
+
+def _class_list(n_patients: int, mutant_fraction: float) -> list[str]:
+    n_mutant = round(n_patients * mutant_fraction)
+    if n_patients >= 2:
+        n_mutant = min(max(n_mutant, 1), n_patients - 1)
+    return ["mutant"] * n_mutant + ["wildtype"] * (n_patients - n_mutant)
+
+
+def _phenotypes(rng: np.random.Generator, classes: np.ndarray, crossover: float) -> np.ndarray:
+    """Imaging phenotype per patient: its own class, except an exact ``crossover`` share per class."""
+    mutant_like = classes == "mutant"
+    for label in ("mutant", "wildtype"):
+        members = np.flatnonzero(classes == label)
+        flipped = rng.choice(members, size=round(len(members) * crossover), replace=False)
+        mutant_like[flipped] = ~mutant_like[flipped]
+    unknown = np.flatnonzero(classes == "unknown")
+    mutant_like[unknown] = rng.random(len(unknown)) < 0.25
+    return mutant_like
+
+
+def _non_contiguous_numbers(rng: np.random.Generator, count: int) -> np.ndarray:
+    """Patient numbers from 4 upwards with occasional gaps, as in UCSF-PDGM (0004, 0005, 0007...)."""
+    steps = 1 + (rng.random(count) < 0.1) * rng.integers(1, 4, size=count)
+    steps[0] = 0
+    return 4 + np.cumsum(steps)
+
+
+def _with_followups(rng: np.random.Generator, baselines: list[PlannedPatient],
+                    n_followups: int) -> list[PlannedPatient]:
+    """Insert each follow-up re-scan right after its base patient's row."""
+    labelled = [p for p in baselines if p.idh != "unknown"]
+    if n_followups > len(labelled):
+        raise ValueError(f"{n_followups} follow-ups requested but only {len(labelled)} labelled patients")
+    bases = sorted(rng.choice(len(labelled), size=n_followups, replace=False)) if n_followups else []
+    followups = {}
+    for k, base_position in enumerate(bases):
+        base = labelled[base_position]
+        tag = f"FU{int(rng.integers(7, 400)):03d}d"
+        index = len(baselines) + k
+        followups[base.index] = PlannedPatient(index, base.number, base.idh, base.mutant_like, tag, base.index)
+    ordered = []
+    for patient in baselines:
+        ordered.append(patient)
+        if patient.index in followups:
+            ordered.append(followups[patient.index])
+    return ordered
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m idhhpc.phantoms", description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", type=Path, help="output folder (the dataset root)")
+    parser.add_argument("--patients", type=int, required=True, help="labelled patients (extra rows are added)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape", type=int, nargs=3, default=(240, 240, 155), metavar=("X", "Y", "Z"))
+    parser.add_argument("--crossover", type=float, default=0.15, help="share with the other class's phenotype")
+    parser.add_argument("--mutant-fraction", type=float, default=DEFAULT_MUTANT_FRACTION)
+    parser.add_argument("--t1c-name", choices=T1C_NAMES, default="T1c")
+    parser.add_argument("--with-bias", action="store_true", help="plain images carry a bias field; add _bias files")
+    parser.add_argument("--followups", type=int, default=None, help="follow-up re-scans (default about 1 %%)")
+    parser.add_argument("--unknown", type=int, default=None, help="patients with unknown IDH (default about 1 %%)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    csv_path = generate_cohort(
+        args.out, args.patients, seed=args.seed, shape=tuple(args.shape), crossover=args.crossover,
+        mutant_fraction=args.mutant_fraction, t1c_name=args.t1c_name, with_bias=args.with_bias,
+        n_followups=args.followups, n_unknown=args.unknown,
+    )
+    print(csv_path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""The one way a trained network scores volumes: validation, evaluate, predict and Grad-CAM use it.
+
+As nnU-Net's ``nnUNetPredictor`` serves both its validation and its command line, every place
+here that turns volumes into P(mutant) goes through :func:`iter_logits` and :func:`prob_mutant`,
+and every place that loads a trained model goes through :meth:`Predictor.load`, so the tensor
+path of a new patient is provably the one the model was selected and evaluated with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from idhhpc.config import JobConfig
+from idhhpc.constants import MUTANT
+from idhhpc.devices import autocast_context, resolve_device
+from idhhpc.model.network import build_network
+
+EXPORT_FORMAT = "idhhpc-model"
+SUPPORTED_VERSIONS = (1,)
+
+
+class ModelFileError(ValueError):
+    """A file that is not a readable idhhpc model export; the message names the file."""
+
+
+def prob_mutant(logits: torch.Tensor) -> torch.Tensor:
+    """P(mutant) per row of ``logits``: softmax over two classes (sigmoid of a single logit)."""
+    logits = logits.float()
+    if logits.shape[1] == 1:
+        return torch.sigmoid(logits[:, 0])
+    return torch.softmax(logits, dim=1)[:, MUTANT]
+
+
+def iter_logits(model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device,
+                amp_dtype: torch.dtype | None = None,
+                memory_format: torch.memory_format = torch.contiguous_format) -> Iterator[tuple[torch.Tensor, dict]]:
+    """``(float32 logits, batch)`` for every batch of shard items (``image``, ``label``, ``patient_id``)."""
+    for batch in batches:
+        images = batch["image"].to(device, memory_format=memory_format)
+        with autocast_context(device, amp_dtype):
+            logits = model(images)
+        yield logits.float(), batch
+
+
+@dataclass
+class Predictor:
+    """A trained network in eval mode, with the job config and threshold it was exported with."""
+
+    model: nn.Module
+    device: torch.device
+    config: JobConfig
+    threshold: float
+    threshold_method: str
+    val_auc: float
+    run: str
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto") -> "Predictor":
+        """Read ``model.pt`` as the fit stage exports it (tensors and strings only: ``weights_only``)."""
+        payload = read_export(Path(path))
+        config = JobConfig.model_validate_json(payload["config"])
+        torch_device = resolve_device(device) if isinstance(device, str) else device
+        model = trained_network(config, payload["model"]).to(torch_device).eval()
+        return cls(model, torch_device, config, float(payload["threshold"]), str(payload["threshold_method"]),
+                   float(payload["val_auc"]), str(payload["run"]))
+
+    @torch.no_grad()
+    def predict_proba(self, dataset: Dataset, batch_size: int | None = None) -> np.ndarray:
+        """P(mutant) for every item of ``dataset``, in dataset order."""
+        loader = DataLoader(dataset, batch_size=batch_size or self.config.train.micro_batch, shuffle=False)
+        probs = [prob_mutant(logits).cpu() for logits, _ in iter_logits(self.model, loader, self.device)]
+        return torch.cat(probs).numpy() if probs else np.zeros(0)
+
+    def predict_image(self, image: np.ndarray) -> float:
+        """P(mutant) of one preprocessed (C, S, S, S) volume, as stored in shards (float16 → float32)."""
+        batch = {"image": torch.from_numpy(np.asarray(image).astype(np.float32))[None]}
+        with torch.no_grad():
+            logits, _ = next(iter_logits(self.model, [batch], self.device))
+        return float(prob_mutant(logits)[0].cpu())
+
+
+def trained_network(config: JobConfig, weights: dict[str, torch.Tensor]) -> nn.Module:
+    """The job's network with ``weights``; pretrained 2D weights are not loaded first, since the
+    trained weights replace them and their file need not exist where the model is used."""
+    config = config.model_copy(update={"model": config.model.model_copy(update={"pretrained_2d": None})})
+    model = build_network(config)
+    model.load_state_dict(weights)
+    return model
+
+
+def read_export(path: Path) -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for missing, truncated or foreign files
+        raise ModelFileError(f"{path}: not a readable model file ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != EXPORT_FORMAT:
+        raise ModelFileError(f"{path}: not an idhhpc model export (expected format {EXPORT_FORMAT!r}; "
+                             "use checkpoints/fit/model.pt)")
+    if payload.get("version") not in SUPPORTED_VERSIONS:
+        raise ModelFileError(f"{path}: model export version {payload.get('version')!r} is not supported")
+    return payload

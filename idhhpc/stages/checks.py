@@ -1,0 +1,43 @@
+"""What the stages' output checks share: freshness, unchanged config sections, finished runs.
+
+Checks are conservative on purpose: an output counts only when it exists, is newer than its
+inputs and provably belongs to the current configuration; when unsure the step reruns (every
+stage is idempotent and resumes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from idhhpc.config import JobConfig
+from idhhpc.train.fitting import training_config_hash
+from idhhpc.tuned import apply_tuned
+from idhhpc.workdir import WorkDir
+
+
+def newer(output: Path, *inputs: Path) -> bool:
+    """``output`` exists and was written no earlier than every existing input."""
+    if not output.is_file():
+        return False
+    mtime = output.stat().st_mtime
+    return all(mtime >= p.stat().st_mtime for p in inputs if p.exists())
+
+
+def same_sections(config: JobConfig, previous: JobConfig | None, *sections: str) -> bool:
+    """``sections`` (and the seed) are as in the launch that wrote the outputs."""
+    return previous is not None and previous.section_hash(*sections) == config.section_hash(*sections)
+
+
+def training_finished(config: JobConfig, previous: JobConfig | None, run_name: str) -> bool:
+    """``selection.json`` and ``model.pt`` written after the split by a finished run of this very
+    configuration (tuned values included)."""
+    work = WorkDir(config.work_dir)
+    inputs = [work.splits, work.index, work.best_config]
+    if not (newer(work.selection(run_name), *inputs) and newer(work.exported_model(run_name), *inputs)):
+        return False
+    if not same_sections(config, previous, "data"):
+        return False
+    last = torch.load(work.last_checkpoint(run_name), map_location="cpu", weights_only=True, mmap=True)
+    return last.get("config_hash") == training_config_hash(apply_tuned(config)) and bool(last["progress"]["finished"])

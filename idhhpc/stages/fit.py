@@ -1,0 +1,35 @@
+"""Stage ``fit``: the final model on the fixed train/validation split, exported as ``model.pt``.
+
+Run with several tasks (``hpc.stages.fit.tasks_per_node`` = GPUs per node, ``nodes``) it trains
+data-parallel. Like ``cv`` it is a submitit ``Checkpointable`` job that resumes after preemption.
+``fit`` follows ``cv`` in the chain only so that the fold jobs do not compete with it for GPUs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from idhhpc.config import JobConfig
+from idhhpc.data.splits import load_splits
+from idhhpc.stages.checks import training_finished
+from idhhpc.stages.step import Step
+from idhhpc.train.fitting import train_run
+from idhhpc.train.preemption import TrainingJob
+from idhhpc.train.stopping import StopRequest
+
+RUN_NAME = "fit"
+
+
+def _fit(config: JobConfig, stop: StopRequest | None = None) -> dict[str, Any]:
+    split = load_splits(config)["fit"]
+    return train_run(config, RUN_NAME, split["train"], split["val"], stop)
+
+
+run_fit = TrainingJob(_fit)
+
+
+def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
+    return training_finished(config, previous, RUN_NAME)
+
+
+STEPS = (Step("fit", "fit", run_fit, outputs_verify=outputs_verify),)

@@ -1,0 +1,116 @@
+"""Train one model for a named run of the work dir and export it: what ``cv`` and ``fit`` share.
+
+A run trains on given patients, logs every epoch to MLflow, chooses the decision threshold on
+its validation patients, writes ``selection.json`` and exports ``model.pt``. Run with several
+tasks (data parallelism), every task trains and rank 0 alone talks to MLflow and writes outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from idhhpc.atomic import atomic_path, atomic_write_json
+from idhhpc.config import JobConfig
+from idhhpc.data.dataset import ShardDataset
+from idhhpc.evaluate.thresholds import choose_threshold
+from idhhpc.model.calibrate import calibrated_network
+from idhhpc.model.memory import fit_to_memory_budget
+from idhhpc.predictor import EXPORT_FORMAT
+from idhhpc.tracking.runs import stage_run
+from idhhpc.train import distributed
+from idhhpc.train.checkpoint import load_checkpoint
+from idhhpc.train.stopping import StopRequest
+from idhhpc.train.trainer import TrainResult, train
+from idhhpc.tuned import apply_tuned
+from idhhpc.workdir import WorkDir
+
+log = logging.getLogger(__name__)
+
+EXPORT_VERSION = 1
+
+
+def training_config_hash(config: JobConfig) -> str:
+    """What a run's checkpoints are tied to: a change in any of these sections starts it afresh."""
+    return config.section_hash("preprocess", "split", "model", "train")
+
+
+def train_run(config: JobConfig, run_name: str, train_ids: list[str], val_ids: list[str],
+              stop: StopRequest | None = None) -> dict[str, Any]:
+    """Train ``run_name`` with the tuned configuration inside the job's process group (if any)."""
+    config = apply_tuned(config)
+    with distributed.session():
+        return train_and_track(config, run_name, train_ids, val_ids, stop)
+
+
+def train_and_track(config: JobConfig, run_name: str, train_ids: list[str], val_ids: list[str],
+                    stop: StopRequest | None = None) -> dict[str, Any]:
+    """Train one model, log every epoch to MLflow, choose the threshold on validation, record it.
+
+    Under data parallelism the other ranks only train (rank 0 logs, saves and exports) and
+    return an empty dict.
+    """
+    work = WorkDir(config.work_dir)
+    run_dir = work.checkpoints(run_name)
+    train_ds, val_ds = ShardDataset(work.index, train_ids), ShardDataset(work.index, val_ids)
+    config_hash = training_config_hash(config)  # before the memory plan, a pure function of the config
+    network = calibrated_network(config, train_ds)
+    config = fit_to_memory_budget(config, network, train_ds)
+    restart = _made_by_other_config(work.last_checkpoint(run_name), config_hash)
+    common = dict(config_hash=config_hash, stop=stop, restart=restart, seed=config.seed)
+    if not distributed.current().is_main:
+        train(network, train_ds, val_ds, config.train, run_dir, **common)
+        return {}
+    with stage_run(config, run_name) as run:
+        result = train(network, train_ds, val_ds, config.train, run_dir,
+                       on_epoch_end=lambda epoch, metrics: run.log_metrics(_numeric(metrics), step=epoch), **common)
+        selection = _selection(config, run_name, result)
+        atomic_write_json(work.selection(run_name), selection)
+        export_model(config, result, selection, work.exported_model(run_name))
+        run.log_metrics({"val/best_auc": selection["val_auc"], "val/threshold": selection["threshold"],
+                         "best_epoch": selection["best_epoch"]})
+        run.log_artifact(work.selection(run_name), "selection")
+        run.log_artifact(work.exported_model(run_name), "model")
+    return selection
+
+
+def _made_by_other_config(last: Path, config_hash: str) -> bool:
+    """A ``last.pt`` left by a different configuration is not resumed: the run starts afresh."""
+    if not last.is_file():
+        return False
+    stale = load_checkpoint(last).get("config_hash") != config_hash
+    if stale:
+        log.warning("%s was written for another configuration; training %s from scratch", last, last.parent.name)
+    return stale
+
+
+def _selection(config: JobConfig, run_name: str, result: TrainResult) -> dict[str, Any]:
+    best = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
+    threshold = choose_threshold(result.best_val_labels, result.best_val_probs, config.evaluate.threshold)
+    return {"run": run_name, "best_epoch": result.best_epoch, "val_auc": best.get("val/auc", math.nan),
+            "threshold": float(threshold), "threshold_method": config.evaluate.threshold,
+            "checkpoint": str(result.best_checkpoint), "history": result.history,
+            "val": {"patient_ids": result.best_val_patient_ids, "labels": result.best_val_labels,
+                    "probs": result.best_val_probs}}
+
+
+def export_model(config: JobConfig, result: TrainResult, selection: dict[str, Any], path: Path) -> Path:
+    """The deployable model: best weights plus everything ``predict`` needs to treat a new
+    patient exactly as training did (job config, modalities, threshold chosen on validation).
+    Plain tensors and strings only, so it loads with ``torch.load(..., weights_only=True)``."""
+    weights = load_checkpoint(result.best_checkpoint)["model"]
+    payload = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "model": weights,
+               "config": config.model_dump_json(), "threshold": selection["threshold"],
+               "threshold_method": selection["threshold_method"], "val_auc": selection["val_auc"],
+               "run": selection["run"]}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"}

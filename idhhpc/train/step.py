@@ -1,0 +1,67 @@
+"""One training micro-step, as the trainer, the tuning trainable and the benchmark all take it.
+
+A micro-step runs the forward pass under the AMP policy, the loss in float32, and a backward
+pass scaled by the size of its accumulation window (so a window's gradient is the mean over its
+micro-batches, however short the last window of an epoch is); the step that ends a window
+applies the optimizer step. Under DDP gradients are synchronised only on that last micro-step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from idhhpc.devices import autocast_context
+from idhhpc.train import distributed
+from idhhpc.train.optim import apply_optimizer_step
+
+
+@dataclass
+class Optimization:
+    """What one model's training steps need; ``forward_model`` may be the DDP wrapper of the model."""
+
+    forward_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler | None
+    loss_fn: nn.Module
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    grad_clip: float | None
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    @property
+    def learning_rate(self) -> float:
+        """The rate the next optimizer step uses (the schedule advances after each step)."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+
+def accumulation_window(micro_step: int, accumulate: int, steps_per_epoch: int) -> tuple[int, bool]:
+    """(micro-batches in the window holding ``micro_step``, whether ``micro_step`` ends it).
+
+    Windows restart every epoch; the last one of an epoch may be short and still steps.
+    """
+    window_start = (micro_step // accumulate) * accumulate
+    done = micro_step + 1
+    return min(accumulate, steps_per_epoch - window_start), done % accumulate == 0 or done == steps_per_epoch
+
+
+def training_step(opt: Optimization, batch: dict[str, Any], window: int, ends_window: bool) -> torch.Tensor:
+    """Forward, loss and backward of one micro-batch; the optimizer step when it ends the window.
+
+    Returns the micro-batch's (unscaled, detached) loss.
+    """
+    images = batch["image"].to(opt.device, non_blocking=True, memory_format=opt.memory_format)
+    targets = torch.as_tensor(batch["label"], dtype=torch.long).to(opt.device, non_blocking=True)
+    with distributed.no_sync_unless(opt.forward_model, ends_window):
+        with autocast_context(opt.device, opt.amp_dtype):
+            logits = opt.forward_model(images)
+        loss = opt.loss_fn(logits.float(), targets)
+        scaled = loss / window
+        (opt.scaler.scale(scaled) if opt.scaler else scaled).backward()
+    if ends_window:
+        apply_optimizer_step(opt.optimizer, opt.scheduler, opt.scaler, opt.grad_clip)
+    return loss.detach()
