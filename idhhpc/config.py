@@ -13,10 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from idhhpc.atomic import atomic_write_text
-from idhhpc.constants import MODALITIES, STAGES
+from idhhpc.constants import COORDINATE_CHANNELS, MODALITIES, STAGES
 
 
 class ConfigError(ValueError):
@@ -46,6 +53,9 @@ class DataConfig(Section):
     use_bias_corrected: bool = False
     min_patients: int = Field(10, ge=1)
     phantom: PhantomConfig | None = None
+    oracle_csv: Path | None = None
+    """Each patient's Bayes-optimal score (``patient_id`` and ``llr`` or ``prob_mutant``), when the
+    cohort is a phantom with a known optimum; default ``oracle.csv`` beside the data, if present."""
 
     @model_validator(mode="after")
     def _layout_needs_its_source(self) -> "DataConfig":
@@ -66,6 +76,23 @@ class PreprocessConfig(Section):
     nan_policy: Literal["repair", "quarantine"] = "repair"
     shard_size: int = Field(16, ge=1)
     compression: Literal["none", "lzf", "gzip", "zstd"] = "lzf"
+    roi: Literal["brain", "tumor"] = "brain"
+    """What the cube holds: the whole brain, or the region around the tumour segmentation (the mask
+    chooses the crop; the network's input stays the four modalities). ``tumor`` needs a tumour
+    segmentation for every patient, at prediction time too."""
+    roi_margin: float = Field(0.25, ge=0.0, le=2.0)
+    """With roi tumor: share of the tumour box's longest side added on each side."""
+    roi_min_side: int = Field(0, ge=0)
+    """With roi tumor: smallest cube side in native voxels (small tumours get some context)."""
+    coordinates: bool = False
+    """Append three channels holding each voxel's position in the patient's brain box (-1 to 1
+    along R, A, S): with roi tumor they tell the network where in the brain the tumour lies
+    (IDH-mutant gliomas favour the frontal lobe), the whole-brain context a tight crop loses."""
+
+    @property
+    def extra_channels(self) -> int:
+        """Channels the network sees beyond the modalities."""
+        return COORDINATE_CHANNELS if self.coordinates else 0
 
     @field_validator("clip_percentiles")
     @classmethod
@@ -105,23 +132,45 @@ class TrainConfig(Section):
     final_div_factor: float = Field(1e4, gt=0)
     loss: Literal["focal", "ce"] = "focal"
     focal_gamma: float = Field(2.0, ge=0)
-    focal_alpha: float | None = Field(0.75, ge=0, le=1)
+    focal_alpha: float | None = Field(None, ge=0, le=1)
+    """Weight of the mutant class in the focal loss (wildtype gets 1 - alpha); None: no weighting
+    beyond ``balance``. Setting it with ``balance: sampler`` weights mutants twice."""
+    balance: Literal["sampler", "loss", "none"] = "sampler"
+    """One class-balancing mechanism: a class-balanced sampler (each class drawn equally often),
+    class weights in the loss (inverse class frequency), or none."""
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     grad_clip: float | None = Field(1.0, gt=0)
     num_workers: int = Field(2, ge=0)
-    select_metric: Literal["val/auc", "val/loss"] = "val/auc"
+    select_metric: Literal["last", "val/auc", "val/loss"] = "last"
+    """The model kept: the last epoch (the default, so validation patients never choose the model and
+    out-of-fold predictions stay honest), or the epoch best by a validation metric."""
     patience: int = Field(10, ge=1)
-    augment: bool = True
+    """With a validation select_metric: stop after this many epochs without improvement."""
+    augment: Literal["off", "flips", "full"] = "full"
+    """3D augmentation of training volumes: none, random flips along every axis (label-preserving
+    for a tumour-centred cube), or flips plus small rotations/scaling, bias field and intensity
+    jitter. ``true``/``false`` mean full/off."""
     checkpoint_every_steps: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     memory_budget_gb: float | None = Field(None, gt=0)
     """When set, micro_batch becomes the largest divisor of micro_batch x accumulate whose measured
     training memory fits this budget (accumulate grows to keep the effective batch)."""
 
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_from_bool(cls, value: object) -> object:
+        return {True: "full", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
 
 class EvaluateConfig(Section):
     threshold: Literal["f1", "youden"] = "f1"
     bootstrap: int = Field(1000, ge=100)
+    calibration: Literal["temperature", "none"] = "temperature"
+    """Temperature scaling of each model's probabilities, fitted on its own validation patients."""
+    ensemble: Literal["folds", "fit"] = "folds"
+    """The headline test model: the mean of the k fold models (as nnU-Net does; their threshold is
+    chosen on the pooled out-of-fold predictions) or the final fit. The report shows both when both
+    exist; with no fold models ``folds`` falls back to the fit."""
 
 
 class ExplainConfig(Section):

@@ -23,6 +23,8 @@ from idhhpc.constants import MODALITIES
 from idhhpc.model.inflate import load_pretrained_2d
 
 VARIANTS = tuple(f"b{i}" for i in range(8))
+EFFICIENTNET_STAGES = 7
+"""MONAI's EfficientNetBN has seven stages of MBConv blocks for every variant b0-b7."""
 
 
 def variant_name(variant: str) -> str:
@@ -203,4 +205,16 @@ def build_network(config: JobConfig) -> IDHNet:
     fields = config.model.model_dump(exclude=set(NOT_NETWORK_FIELDS))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return build_model(in_channels=len(config.data.modalities), **fields)
+        return build_model(in_channels=len(config.data.modalities) + config.preprocess.extra_channels, **fields)
+
+
+def describe_initialisation(config: JobConfig) -> str:
+    """One sentence for logs and reports: which weights the network started from, what was frozen."""
+    model = config.model
+    weights = (f"2D weights inflated to 3D from {model.pretrained_2d}" if model.pretrained_2d is not None
+               else "random initialisation (no pretrained weights)")
+    stages = EFFICIENTNET_STAGES
+    frozen = _num_frozen_stages(stages, model.trainable_stages)
+    freezing = "every stage trains" if frozen == 0 else f"stem and the first {frozen} of {stages} stages frozen"
+    norm = "BatchNorm statistics frozen" if model.freeze_batchnorm else "BatchNorm statistics follow training"
+    return f"EfficientNet-{model.variant}: {weights}; {freezing}; {norm}."
