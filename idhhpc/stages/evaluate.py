@@ -25,7 +25,7 @@ from idhhpc.evaluate.crossval import Scored
 from idhhpc.evaluate.metrics import compute_metrics
 from idhhpc.evaluate.outputs import evaluate_predictions
 from idhhpc.evaluate.report import cross_validation_section
-from idhhpc.model.network import describe_initialisation
+from idhhpc.model.initialisation import describe_initialisation
 from idhhpc.predictor import Predictor
 from idhhpc.stages.checks import newer, same_sections
 from idhhpc.stages.cv import fold_run_name

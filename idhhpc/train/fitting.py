@@ -25,7 +25,7 @@ from idhhpc.evaluate.calibration import (
 from idhhpc.evaluate.thresholds import choose_threshold
 from idhhpc.model.calibrate import calibrated_network
 from idhhpc.model.memory import fit_to_memory_budget
-from idhhpc.model.network import describe_initialisation
+from idhhpc.model.initialisation import describe_initialisation
 from idhhpc.predictor import EXPORT_FORMAT
 from idhhpc.tracking.runs import stage_run
 from idhhpc.train import distributed
