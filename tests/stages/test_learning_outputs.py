@@ -91,5 +91,5 @@ def test_fold_ensemble_is_the_mean_of_the_fold_models_and_reproducible(job):
 def test_report_shows_both_models_the_baseline_the_optimum_and_the_weights(job):
     report = WorkDir(job.work_dir).report.read_text()
     for phrase in ("mean of the 2 fold models", "final fit", "classical baseline", "Bayes-optimal score",
-                   "## Out-of-fold (cross-validation)", "## Calibration", "random initialisation", "reliability.png"):
+                   "## Out-of-fold (cross-validation)", "## Calibration", "random initial weights", "reliability.png"):
         assert phrase in report
