@@ -19,6 +19,7 @@ _DISK_FULL_MARKERS = ("No space left on device", "Errno 28", "errno = 28", "Disk
                       "unexpected pos", "file write failed")
 """How a full file system shows: OSError, HDF5's error stack, and torch.save's writer (which
 raises a bare RuntimeError "unexpected pos ..." without an errno)."""
+_UNREADABLE_CHECKPOINT = re.compile(r"cannot read checkpoint (\S+\.pt)")
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupted|Exit)\b.*")
 
 
@@ -83,9 +84,23 @@ def disk_full_hint(config: JobConfig, text: str) -> str | None:
     nearly_full = usage is not None and usage.free < max(64 << 20, usage.total // 100)
     if not (any(marker in text for marker in _DISK_FULL_MARKERS) or nearly_full):
         return None
-    free = f"{usage.free / 2**20:.1f} MiB free of {usage.total / 2**30:.1f} GiB" if usage else "free space unknown"
+    free = f"{_size(usage.free)} free of {_size(usage.total)}" if usage else "free space unknown"
     return (f"cause: the file system of {work_dir} is full or over quota ({free}). Free space there (or move "
             "work_dir) and relaunch: finished outputs are kept, and a partly written file is never used.")
+
+
+def unreadable_checkpoint_hint(text: str) -> str | None:
+    """A training run whose ``last.pt`` cannot be read (truncated, corrupt): name it and the way out."""
+    found = _UNREADABLE_CHECKPOINT.search(text)
+    if found is None:
+        return None
+    path = found.group(1)
+    return (f"cause: checkpoint {path} cannot be read (truncated or corrupt). Delete it and relaunch: that training "
+            "run starts again from its first epoch, everything else is kept.")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def describe_failure(step: str, job_id: str, err: BaseException | None, config: JobConfig,
@@ -101,9 +116,10 @@ def describe_failure(step: str, job_id: str, err: BaseException | None, config: 
     signal_line = killed_by_signal(tail)
     if signal_line:
         parts.append(f"cause: {signal_line.removeprefix('idhhpc: ')}")
-    full = disk_full_hint(config, "\n".join([error_text, tail]))
-    if full:
-        parts.append(full)
+    for hint in (disk_full_hint(config, "\n".join([error_text, tail])),
+                 unreadable_checkpoint_hint("\n".join([error_text, tail]))):
+        if hint:
+            parts.append(hint)
     if err is not None:
         parts.append(error_lines(err))
     if tail:

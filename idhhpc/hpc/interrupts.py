@@ -28,11 +28,11 @@ import threading
 import time
 from typing import Any, Iterable, Iterator, NoReturn
 
-from idhhpc.train import stopping
+from idhhpc.hpc.localjobs import group_alive
 
 log = logging.getLogger(__name__)
 
-GRACE_S = 7.0
+GRACE_S = 8.0
 """How long jobs get to save and end before SIGKILL; with reaping, every process is gone well
 within 10 s of the signal."""
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -63,8 +63,16 @@ class _Guard:
             return
         self.signum = signum
         log.warning("%s: stopping the launch (training saves last.pt first; a second signal kills at once)", name)
-        if self.in_process and stopping.request_stop() == 0:
+        if self.in_process and _request_training_stop() == 0:
             raise LaunchInterrupted(signum)
+
+
+def _request_training_stop() -> int:
+    """Ask in-process trainers to save and stop; imported here, as only then is torch needed
+    (the launcher must start fast enough to refuse a busy work dir at once)."""
+    from idhhpc.train.stopping import request_stop
+
+    return request_stop()
 
 
 _ACTIVE: _Guard | None = None
@@ -116,21 +124,11 @@ def _groups(jobs: Iterable[Any]) -> list[int]:
     return [int(job.job_id) for job in jobs if getattr(job, "_process", None) is not None]
 
 
-def _alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _any_alive(jobs: list[Any]) -> bool:
     """Reap finished controllers first: a zombie still counts as a member of its process group."""
     for job in jobs:
         job._process.poll()
-    return any(_alive(g) for g in _groups(jobs))
+    return any(group_alive(g) for g in _groups(jobs))
 
 
 def kill_groups(jobs: Iterable[Any]) -> None:
@@ -151,7 +149,7 @@ def stop_jobs(jobs: Iterable[Any], grace_s: float = GRACE_S) -> None:
             os.kill(int(job.job_id), signal.SIGTERM)
     while time.monotonic() < started + grace_s and _any_alive(jobs):
         time.sleep(0.1)
-    left = [g for g in _groups(jobs) if _alive(g)]
+    left = [g for g in _groups(jobs) if group_alive(g)]
     if left:
         log.warning("job(s) %s still running after %.0f s: killing them", ", ".join(map(str, left)), grace_s)
         kill_groups(jobs)

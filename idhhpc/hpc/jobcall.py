@@ -33,6 +33,8 @@ import submitit
 
 log = logging.getLogger("idhhpc.job")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+STOPPED_EXIT = 75
+"""Exit status of a job that stopped on request (EX_TEMPFAIL: run it again to resume)."""
 
 
 class StageInterrupted(Exception):
@@ -68,6 +70,22 @@ def configure_job_logging() -> None:
     logging.getLogger("idhhpc").setLevel(logging.INFO)
 
 
+def stopped_on_request(error: BaseException) -> bool:
+    """The job was asked to stop (its outputs and ``last.pt`` are saved), it did not fail. The
+    trainer's ``TrainingInterrupted`` is matched by name: hpc must not import train's internals."""
+    return isinstance(error, StageInterrupted) or type(error).__name__ == "TrainingInterrupted"
+
+
+def _exit_now() -> None:
+    """End a job that stopped on request at once. Tearing down the interpreter (collecting the
+    model, the data, the traceback's frames) took seconds on a loaded machine, past the
+    launcher's grace time; everything worth keeping is written and closed already."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(STOPPED_EXIT)
+
+
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
     raise StageInterrupted(f"stopped by {signal.Signals(signum).name} (the launch was interrupted)")
 
@@ -91,6 +109,8 @@ class StageCall:
         except BaseException as err:
             log.error("%s: stopped after %.1f s: %s: %s", self.step, time.monotonic() - started,
                       type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            if executor is not None and stopped_on_request(err):
+                _exit_now()
             raise
         log.info("%s: done in %.1f s: %s", self.step, time.monotonic() - started, summarize(result))
         return result

@@ -95,9 +95,33 @@ class Controller(submitit_local.Controller):
             if code is not None and code < 0:
                 sig = signal.Signals(-code)
                 hint = _SIGNAL_HINTS.get(sig, "a signal from outside the job")
-                print(f"idhhpc: task {task} of job {self.pid} was ended by {sig.name} (signal {-code}): {hint}",
-                      file=self.stderrs[task], flush=True)
+                try:
+                    print(f"idhhpc: task {task} of job {self.pid} was ended by {sig.name} (signal {-code}): {hint}",
+                          file=self.stderrs[task], flush=True)
+                except OSError:  # the log's file system may be the full one
+                    pass
         return codes
+
+
+def group_alive(pgid: int) -> bool:
+    """True while a process of group ``pgid`` runs. Zombies do not count: an orphan's zombie is
+    reaped by init, which in some containers never happens, and it holds no resources."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not sys.platform.startswith("linux"):
+        return True
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def _die_with_launcher() -> None:

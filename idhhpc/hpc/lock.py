@@ -33,6 +33,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from idhhpc.hpc.localjobs import group_alive
 from idhhpc.hpc.sacct import FINAL_STATES, sacct_rows
 from idhhpc.hpc.squeue import SlurmUnreachable, cluster_name, queued
 from idhhpc.workdir import WorkDir
@@ -109,16 +110,6 @@ def pid_start_ticks(pid: int) -> int | None:
     return None if fields[0] in ("Z", "X") else int(fields[19])
 
 
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class WorkDirLock:
     """The lock of one work dir; ``acquire`` raises :class:`LockBusy` when someone else holds it."""
 
@@ -147,6 +138,9 @@ class WorkDirLock:
         try:
             os.write(fd, (json.dumps(asdict(info), indent=1) + "\n").encode())
             os.fsync(fd)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         finally:
             os.close(fd)
         return tmp
@@ -219,9 +213,13 @@ class WorkDirLock:
         os.replace(self._write_temp(self.info), self.path)
 
     def add_job(self, pgid: int | str, step: str) -> None:
-        """Record a local job's process group: the lock stays live while it runs."""
+        """Record a local job's process group: the lock stays live while it runs. Advisory: a
+        failed write (a full disk) costs a warning, not the launch."""
         assert self.info is not None
-        self.update(jobs={**self.info.jobs, str(pgid): step})
+        try:
+            self.update(jobs={**self.info.jobs, str(pgid): step})
+        except OSError as err:
+            log.warning("could not record job %s in %s: %s", pgid, self.path, err)
 
     def hand_over_to_slurm(self, job_ids: list[str]) -> None:
         """The submitted chain holds the lock from now on; its last job releases it."""
@@ -277,7 +275,8 @@ class WorkDirLock:
         if alive:
             jobs = ", ".join(f"{g} ({info.jobs[str(g)]})" for g in alive)
             return False, f"launcher pid {info.pid} is gone but its jobs still run: process groups {jobs}"
-        return True, f"pid {info.pid} is gone and none of its jobs runs"
+        gone = "is now another process" if start is not None else "is gone"
+        return True, f"pid {info.pid} {gone} and none of its jobs runs"
 
     def _age_on_server_s(self) -> float:
         """Seconds since the lock was touched, on the file server's clock (NFS sets mtimes there)."""
@@ -323,8 +322,8 @@ def _chain_ended(info: LockInfo) -> tuple[bool, str]:
     except SlurmUnreachable as err:
         return False, f"Slurm cannot be asked ({err})"
     if live:
-        job_id, (state, _) = next(iter(live.items()))
-        return False, f"job {job_id} is {state}"
+        job_id, (state, _) = min(live.items(), key=lambda item: (item[1][0] != "RUNNING", item[0]))
+        return False, f"job {job_id} is {state}" + (f" ({len(live) - 1} more queued)" if len(live) > 1 else "")
     try:
         rows = sacct_rows(info.slurm_job_ids, ("JobID", "State"))
     except (RuntimeError, OSError) as err:
