@@ -77,7 +77,12 @@ def main(argv: list[str] | None = None) -> int:
             require_sbatch()
         lock = WorkDirLock(config.work_dir)
         lock.acquire()  # before the stage modules (and torch) are imported: a busy work dir fails fast
-        return launch(build_steps(list(config.stages)), config, args, lock)
+        try:
+            steps = build_steps(list(config.stages))
+        except BaseException:
+            lock.release()
+            raise
+        return launch(steps, config, args, lock)
     except LockBusy as err:
         print(f"error: {err}", file=sys.stderr)
         return LOCK_BUSY
@@ -95,6 +100,7 @@ def launch(steps: list[Step], config: JobConfig, args: argparse.Namespace, lock:
 
     try:
         work = WorkDir(config.work_dir)
+        remove_partial_files(work)
         skip = set() if args.rerun else plan_skips(steps, config, previous_config(config))
         if skip:
             log.info("skipping stages whose outputs verify: %s (--rerun to run them)", ", ".join(sorted(skip)))
@@ -125,6 +131,20 @@ def launch(steps: list[Step], config: JobConfig, args: argparse.Namespace, lock:
     print(format_table(records))
     print(_where(config))
     return 0
+
+
+def remove_partial_files(work: WorkDir) -> list[Path]:
+    """Delete what interrupted atomic writes left (``.name.XXXX.tmp``, see ``idhhpc.atomic``): a
+    job killed mid-write (SIGKILL after the grace time, a crash on a full disk) cannot clean up.
+    Safe only while this launch holds the work dir, so nothing else is writing there."""
+    lock_temps = f"{work.lock.name}."
+    found = [p for p in work.root.rglob(".*.tmp") if p.is_file() and not p.name.startswith(lock_temps)]
+    for path in found:
+        path.unlink(missing_ok=True)
+    if found:
+        log.info("removed %d partial file(s) of interrupted writes: %s", len(found),
+                 ", ".join(str(p.relative_to(work.root)) for p in found[:5]) + (" ..." if len(found) > 5 else ""))
+    return found
 
 
 def _record_job(lock: WorkDirLock, step: str, job: object) -> None:
@@ -201,6 +221,9 @@ def describe_plan(steps: list[Step], config: JobConfig) -> str:
         if config.hpc.executor == "slurm":
             dependency = "afterok:<" + ">:<".join(step.after) + ">" if step.after else None
             lines.append(sbatch_preview(folder, resources, f"idhhpc-{step.name}", dependency, tasks))
+    if config.hpc.executor == "slurm":
+        lines.append("[finish] idhhpc.hpc.finish:finish_chain  tasks=1  after=every step (afterany): closes the "
+                     "MLflow launch run and releases the work dir")
     return "\n".join(lines)
 
 
