@@ -164,9 +164,9 @@ def _launch_on_slurm(steps: list[Step], config: JobConfig, args: argparse.Namesp
         with interrupts.handling_signals():
             records, jobs = submit_to_slurm(steps, config, folder, skip)
             finish = submit_finish(config, folder, jobs, lock.info.token) if jobs else None
-    except BaseException:
+    except BaseException as err:
         cancel_submitted(jobs)
-        close_launch_run(config, "FAILED")
+        close_launch_run(config, "KILLED" if isinstance(err, interrupts.LaunchInterrupted) else "FAILED")
         lock.release()
         raise
     if finish is None:  # every step verified: nothing to run

@@ -82,9 +82,11 @@ class Campaign:
         """``python -m idhhpc.launch`` in this process; its status and everything it printed or logged."""
         out = io.StringIO()
         handler = _capture_logs(out)
+        wait = ["--wait"] if executor == "slurm-wait" else []
+        executor = executor.removesuffix("-wait")
         try:
             with F.torch_threads(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-                code = main(F.launch_argv(work, self.cohort, *extra, executor=executor))
+                code = main([*F.launch_argv(work, self.cohort, *extra, executor=executor), *wait])
         finally:
             _release_logs(handler)
         return code, out.getvalue()
@@ -110,9 +112,10 @@ class Campaign:
         shutil.copytree(self.reference, work, ignore=ignore)
         return work
 
-    def recover(self, work: Path, case: str, stage: str, cause: str, stopped_s: float | None, *extra: str) -> None:
+    def recover(self, work: Path, case: str, stage: str, cause: str, stopped_s: float | None, *extra: str,
+                executor: str | None = None) -> None:
         started = time.monotonic()
-        code, text = self.run_main(work, *extra, executor=self.relaunch_executor)
+        code, text = self.run_main(work, *extra, executor=executor or self.relaunch_executor)
         seconds = time.monotonic() - started
         problems = [] if code == 0 else [f"relaunch exited {code}: {_last_cause(text)}"]
         if code == 0:
@@ -272,9 +275,9 @@ def slurm_case(campaign: Campaign, case: str, step: str, partition: str) -> None
         subprocess.run(["scancel", "--signal=KILL", "--full", job], check=True)
     code = launcher.wait(timeout=1800)
     cause = _last_cause(log.read_text(errors="replace")) if code else f"job {job} on {node}: chain carried on"
-    if code != 0:
-        campaign.recover(work, f"slurm-{case}", step, cause, None, "hpc.executor=slurm",
-                         f"hpc.resources.partition={partition}")
+    if code != 0:  # the relaunch goes to Slurm too, and waits for the chain
+        campaign.recover(work, f"slurm-{case}", step, cause, None, f"hpc.resources.partition={partition}",
+                         executor="slurm-wait")
         return
     problems = [f"differs: {d}" for d in F.result_differences(work, campaign.reference)]
     outcome = "chain completed, results equal" if not problems else "; ".join(problems)

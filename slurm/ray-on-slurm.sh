@@ -21,8 +21,16 @@
 # for the node, not whichever NIC `hostname -I` lists first. On the single-node test cluster
 # that is 127.0.0.1, so Ray stays on loopback.
 set -euo pipefail
-# shellcheck source=slurm/node-addr.sh
-. "$(dirname "${BASH_SOURCE[0]}")/node-addr.sh"
+# sbatch runs a copy of this script from its spool directory: look for node-addr.sh beside the
+# original too (submitted from the repository root, or with --chdir to it).
+for dir in "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-.}/slurm" "$PWD/slurm"; do
+    # shellcheck source=slurm/node-addr.sh
+    if [[ -f $dir/node-addr.sh ]]; then . "$dir/node-addr.sh"; break; fi
+done
+if ! declare -F node_addr >/dev/null; then
+    echo "ray-on-slurm: slurm/node-addr.sh not found: submit from the repository root" >&2
+    exit 1
+fi
 
 PYTHON=${IDHHPC_PYTHON:-python}
 PORT=${RAY_PORT:-6379}
