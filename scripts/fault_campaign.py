@@ -13,11 +13,12 @@ the launcher's or job's message names the cause. One row per case: case, stage, 
 cause as reported, seconds until every process of the launch was gone (for signals), and
 seconds to recover (the relaunch's wall time until the whole pipeline is done).
 
-Local cases: kill -9 of the stage's job, kill -9 of the launcher, SIGTERM of the launcher, for
-every stage (local executor; the relaunch uses --relaunch-executor, debug by default, in this
-process); the MLflow server down for a whole launch; the work dir's file system full during
-preprocessing and during checkpointing (a small tmpfs, root only); a corrupted shard and a
-corrupted checkpoint.
+Local cases (``--cases``, comma-separated groups): ``lock``, a second launch on a work dir a live
+launch holds, and one whose holder was killed; ``signals``, kill -9 of the stage's job, kill -9
+of the launcher and SIGTERM of the launcher, for every stage (local executor; the relaunch uses
+--relaunch-executor, debug by default, in this process); ``mlflow``, the MLflow server down for
+a whole launch; ``corrupt``, a corrupted shard and a corrupted checkpoint; ``disk``, the work
+dir's file system full during preprocessing and during checkpointing (a small tmpfs, root only).
 
 Slurm cases (``--slurm private``: the cluster of slurm/private-cluster.sh; ``--slurm shared``:
 the shared test cluster, refused while anyone else has jobs there): the node taken DOWN while
@@ -234,6 +235,27 @@ def corrupt(campaign: Campaign, what: str) -> None:
     campaign.recover(work, "corrupt-checkpoint", "fit", cause, None)
 
 
+def second_launch(campaign: Campaign) -> None:
+    """A launch on a work dir another (live) launch holds, then on one whose holder was killed."""
+    work = campaign.prefix("second-launch", "cohort")
+    hold = ("import sys, time; from idhhpc.hpc.lock import WorkDirLock; WorkDirLock(sys.argv[1]).acquire(); "
+            "print('held', flush=True); time.sleep(600)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(work)], stdout=subprocess.PIPE, text=True,
+                              env=F.launcher_env())
+    holder.stdout.readline()
+    started = time.monotonic()
+    refused = subprocess.run([sys.executable, "-m", "idhhpc.launch", *F.launch_argv(work, campaign.cohort)],
+                             capture_output=True, text=True, env=F.launcher_env(), cwd=REPO)
+    seconds = round(time.monotonic() - started, 1)
+    holder.kill()
+    holder.wait()
+    first = refused.stderr.strip().splitlines()[0] if refused.stderr.strip() else ""
+    outcome = f"refused, status {refused.returncode}" if refused.returncode == 3 else f"NOT refused ({refused.returncode})"
+    campaign.rows.append(Row("second launch, holder alive", "-", outcome, first, seconds, None))
+    campaign.recover(work, "second launch, holder killed", "all", "stale lock taken over (see the relaunch log)",
+                     None)
+
+
 # --- Slurm cases ------------------------------------------------------------------------------------
 
 def slurm_config_value(key: str) -> str:
@@ -314,13 +336,15 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-LOCAL_GROUPS = ("signals", "mlflow", "corrupt", "disk")
+LOCAL_GROUPS = ("lock", "signals", "mlflow", "corrupt", "disk")
 
 
 def run(args: argparse.Namespace) -> list[Row]:
     campaign = Campaign(args.root, args.relaunch_executor)
     campaign.build_reference()
-    groups = set(args.cases.split(",")) if args.cases else set(LOCAL_GROUPS)
+    groups = {group for group in args.cases.split(",") if group}
+    if "lock" in groups:
+        second_launch(campaign)
     for step in (args.stages.split(",") if args.stages else STEPS) if "signals" in groups else ():
         for case in ("kill-job", "kill-launcher", "sigterm-launcher"):
             signal_case(campaign, case, step)

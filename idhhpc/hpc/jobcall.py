@@ -117,9 +117,11 @@ class StageCall:
 
     def _prepare_process(self, executor: str) -> None:
         configure_job_logging()
-        import torch
-
-        torch.set_num_threads(self.threads)
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            torch.set_num_threads(self.threads)
+        else:  # read when torch is imported
+            os.environ["OMP_NUM_THREADS"] = str(self.threads)
         checkpointable = hasattr(self.function, "checkpoint")
         if executor == "local" and not checkpointable and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, _stop_on_sigterm)

@@ -117,3 +117,16 @@ def test_failure_messages_name_a_full_disk_a_signal_and_an_unreadable_checkpoint
     error = RuntimeError("cannot read checkpoint /w/checkpoints/fit/last.pt: PytorchStreamReader failed")
     message = describe_failure("fit", "42", error, config, None)
     assert "checkpoint /w/checkpoints/fit/last.pt cannot be read (truncated or corrupt). Delete it" in message
+
+
+def test_local_jobs_get_their_cpus_per_task_as_threads(tmp_path):
+    """Whatever the launcher's environment says: parallel local jobs must not oversubscribe the cores."""
+    from idhhpc.hpc.runner import run_locally
+    from idhhpc.stages.step import Step
+    from tests.support.faults import report_threads
+
+    config = tiny_config(tmp_path / "work", tmp_path / "cohort", "hpc.resources.cpus_per_task=3")
+    [record] = run_locally([Step("probe", "cohort", report_threads)], config, "local", tmp_path / "jobs",
+                           progress=False)
+    assert record.results == [(3, "3")]
+    assert "probe: started on" in Path(record.logs[0]).read_text()

@@ -208,3 +208,8 @@ def torch_threads(n: int = THREADS) -> Iterator[None]:
 def signal_group(pgid: int, sig: int = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
+
+
+def report_threads(config: object) -> tuple[int, str]:
+    """A job that says how many threads it was given (torch's, and OMP_NUM_THREADS)."""
+    return torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS", "")
