@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -254,6 +255,51 @@ class Resources(Section):
     extra_sbatch: dict[str, str] = Field(default_factory=dict)
     setup: list[str] = Field(default_factory=list)
 
+    # These values are written into sbatch scripts: a newline would start a new shell line there
+    # and silently drop every #SBATCH line after it, so control characters are refused here.
+    @field_validator("partition", "account", "qos", "constraint")
+    @classmethod
+    def _one_word(cls, value: str | None) -> str | None:
+        if value is not None and (CONTROL_CHARACTERS.search(value) or not value.strip() or " " in value):
+            raise ValueError(f"{value!r}: must be one word without spaces, newlines or other control characters")
+        return value
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _plain_sbatch_options(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            if not _SBATCH_KEY.match(key):
+                raise ValueError(f"extra_sbatch key {key!r}: not an sbatch option name (letters, digits, '-' or '_')")
+            option = key.replace("_", "-")
+            if option in _SET_ELSEWHERE:
+                raise ValueError(f"extra_sbatch key {key!r}: set by idhhpc ({_SET_ELSEWHERE[option]})")
+            if CONTROL_CHARACTERS.search(str(item)):
+                raise ValueError(f"extra_sbatch.{key}: newlines and other control characters are not allowed")
+        return value
+
+    @field_validator("setup")
+    @classmethod
+    def _one_line_each(cls, value: list[str]) -> list[str]:
+        for position, line in enumerate(value):
+            if CONTROL_CHARACTERS.search(line.replace("\t", " ")):
+                raise ValueError(f"setup[{position}] {line!r}: one shell line per entry, without newlines or NUL")
+        return value
+
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+"""Newline, carriage return, NUL, tab, ...: never allowed in what goes into an sbatch script."""
+_SBATCH_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-_][A-Za-z0-9]+)*$")
+_SET_ELSEWHERE = {
+    **{option: "submitit writes it" for option in ("output", "error", "signal", "array", "job-name", "open-mode",
+                                                  "wrap", "parsable")},
+    "dependency": "the launcher chains the steps", "kill-on-invalid-dep": "the launcher chains the steps",
+    **{option: f"use hpc.resources.{field}" for option, field in (
+        ("time", "time_min"), ("partition", "partition"), ("nodes", "nodes"), ("ntasks-per-node", "tasks_per_node"),
+        ("cpus-per-task", "cpus_per_task"), ("gpus-per-node", "gpus_per_node"), ("mem", "mem_gb"),
+        ("account", "account"), ("qos", "qos"), ("constraint", "constraint"))},
+}
+"""sbatch options idhhpc or submitit already set: a second value would silently win or lose."""
+
 
 class HpcConfig(Section):
     executor: Literal["debug", "local", "slurm"] = "local"
@@ -267,18 +313,44 @@ class HpcConfig(Section):
         for stage, override in value.items():
             if stage not in STAGES:
                 raise ValueError(f"unknown stage {stage!r} in hpc.stages; allowed: {', '.join(STAGES)}")
-            Resources(**override)
+            try:
+                Resources(**override)
+            except ValidationError as err:
+                problem = err.errors()[0]
+                key = ".".join(str(part) for part in problem["loc"])
+                raise ValueError(f"hpc.stages.{stage}.{key}: {problem['msg']}") from None
         return value
 
     @model_validator(mode="after")
     def _one_task_per_gpu(self) -> "HpcConfig":
-        """Training runs one DDP rank per GPU; more GPUs than tasks would sit idle."""
+        """Training runs one DDP rank per GPU; more GPUs than tasks would sit idle, fewer would
+        put two NCCL ranks on one GPU (which NCCL refuses)."""
         for stage in ("cv", "fit"):
             resources = self.for_stage(stage)
-            if resources.gpus_per_node > 1 and resources.tasks_per_node != resources.gpus_per_node:
+            if resources.gpus_per_node >= 1 and resources.tasks_per_node != resources.gpus_per_node:
                 raise ValueError(f"hpc.stages.{stage}: gpus_per_node={resources.gpus_per_node} needs "
                                  f"tasks_per_node={resources.gpus_per_node} (one training task per GPU), "
                                  f"got {resources.tasks_per_node}")
+        return self
+
+    @model_validator(mode="after")
+    def _tasks_the_executor_can_run(self) -> "HpcConfig":
+        """Only cv and fit split their work over tasks (data parallelism): any other stage would run
+        its whole work once per task, all writing the same files. The local executor has one node,
+        the debug executor runs one task in the launcher's own process."""
+        for stage in STAGES:
+            resources = self.for_stage(stage)
+            tasks = resources.nodes * resources.tasks_per_node
+            if stage not in ("cv", "fit") and tasks > 1:
+                raise ValueError(f"hpc.stages.{stage}: nodes={resources.nodes} x tasks_per_node="
+                                 f"{resources.tasks_per_node} would run {stage} {tasks} times at once; only cv and "
+                                 "fit run data-parallel over several tasks")
+            if self.executor == "local" and resources.nodes > 1:
+                raise ValueError(f"hpc.stages.{stage}: nodes={resources.nodes} needs the slurm executor "
+                                 "(the local executor runs on this machine only)")
+            if self.executor == "debug" and tasks > 1:
+                raise ValueError(f"hpc.stages.{stage}: {tasks} tasks need --executor local or slurm "
+                                 "(debug runs one task inside the launcher)")
         return self
 
     def for_stage(self, stage: str) -> Resources:

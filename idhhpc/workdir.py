@@ -112,3 +112,7 @@ class WorkDir:
     @property
     def tracking_spool(self) -> Path:
         return self.root / "tracking-spool"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / names.LOCK_FILE

@@ -13,10 +13,13 @@ requests are agreed on at every micro-step boundary, and rank 0 alone writes che
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import resource
 import signal
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -55,6 +58,7 @@ from idhhpc.train.validation import ValidationResult, validate
 DROPOUT_STREAM, LOADER_STREAM, VAL_LOADER_STREAM = 3, 4, 5
 LAST_EPOCH = "last"
 EpochCallback = Callable[[int, dict], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -84,6 +88,7 @@ class _Run:
     config_hash: str
     on_epoch_end: EpochCallback | None
     dist: Distributed
+    epoch_started: float = field(default_factory=time.monotonic)  # for the epoch's log line
 
     @property
     def device(self) -> torch.device:
@@ -247,6 +252,7 @@ def _stop_if_requested(run: _Run, progress: TrainProgress) -> None:
 # --- end of epoch: validation, model selection, early stopping -------------------------------
 
 def _finish_epoch(run: _Run, progress: TrainProgress) -> None:
+    validation_started = time.monotonic()
     val = _validate(run, progress.epoch)
     metrics = _epoch_metrics(run, progress, val)
     progress.history.append(metrics)
@@ -256,8 +262,33 @@ def _finish_epoch(run: _Run, progress: TrainProgress) -> None:
     progress.epoch += 1
     progress.micro_step, progress.loss_sum, progress.loss_count = 0, 0.0, 0
     _save_last(run, progress)
+    _log_epoch(run, metrics, validation_started)
     if run.on_epoch_end is not None and run.dist.is_main:
         run.on_epoch_end(metrics["epoch"], dict(metrics))
+
+
+def _log_epoch(run: _Run, metrics: dict[str, Any], validation_started: float) -> None:
+    """One line per epoch in the job's log (rank 0): during a long fit the only progress a user
+    sees outside MLflow. Seconds count from the previous epoch's end or the start of this call
+    (so the samples/s of an epoch resumed midway reads high: the whole epoch over part of it)."""
+    now = time.monotonic()
+    train_s, val_s = validation_started - run.epoch_started, now - validation_started
+    run.epoch_started = now
+    if not run.dist.is_main:
+        return
+    log.info("epoch %d/%d: train loss %.4f, val auc %.4f, val loss %.4f, lr %.3g, %.1f s (train %.1f s at "
+             "%.1f samples/s, validation and checkpoints %.1f s), peak memory %s", metrics["epoch"] + 1,
+             run.settings.epochs, metrics["train/loss"], metrics["val/auc"], metrics["val/loss"], metrics["lr"],
+             train_s + val_s, train_s, len(run.labels) / max(train_s, 1e-9), val_s, _peak_memory(run.device))
+
+
+def _peak_memory(device: torch.device) -> str:
+    """Peak GPU memory of the epoch (then reset), or this process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return f"{peak / 2**30:.2f} GiB (cuda)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (host RSS)"
 
 
 def _validate(run: _Run, epoch: int) -> ValidationResult:
