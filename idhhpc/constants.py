@@ -34,6 +34,9 @@ TUMOR_SUBREGIONS = {"necrosis": NECROSIS, "edema": EDEMA, "enhancing": ENHANCING
 
 # --- the pipeline -------------------------------------------------------------------------------
 
+EPOCH_COUNTERS = ("epoch", "optimizer_step")
+"""Counters in the trainer's per-epoch records: the x axis of training curves, never a curve."""
+
 STAGES = ("cohort", "preprocess", "split", "tune", "cv", "fit", "evaluate", "explain")
 """Every stage, in pipeline order."""
 
@@ -50,6 +53,7 @@ MODEL_FILE = "model.pt"
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 REPORT_FILE = "report.md"
+REPORT_HTML_FILE = "report.html"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 GALLERY_FILE = "gallery.md"
