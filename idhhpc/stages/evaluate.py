@@ -22,24 +22,23 @@ from idhhpc.stages.checks import newer, same_sections
 from idhhpc.stages.cv import fold_run_name
 from idhhpc.stages.fit import RUN_NAME as FIT_RUN
 from idhhpc.stages.step import Step
+from idhhpc.tracking.records import log_evaluation
 from idhhpc.tracking.runs import stage_run
 from idhhpc.workdir import WorkDir
 
 
 def run_evaluate(config: JobConfig) -> dict[str, Any]:
     work = WorkDir(config.work_dir)
-    predictor = Predictor.load(work.exported_model(FIT_RUN), resolve_device(config.train.device))
-    history = json.loads(work.selection(FIT_RUN).read_text())["history"]
-    test = ShardDataset(work.index, load_splits(config)["test"])
-    probs = predictor.predict_proba(test)
-    metrics = evaluate_predictions(test.labels, probs, predictor.threshold, test.patient_ids, work.reports,
-                                   history=history, n_resamples=config.evaluate.bootstrap, seed=config.seed)
-    cv = cross_validation_summary(config)
-    with stage_run(config, "evaluate") as run:
-        run.log_metrics({f"test/{k}": float(v) for k, v in metrics.items() if _finite(v)} | cv)
-        for path in sorted(work.reports.glob("*")):
-            if path.is_file():
-                run.log_artifact(path, "reports")
+    test_ids = load_splits(config)["test"]
+    with stage_run(config, "evaluate", patients={"test": test_ids}) as run:
+        predictor = Predictor.load(work.exported_model(FIT_RUN), resolve_device(config.train.device))
+        history = json.loads(work.selection(FIT_RUN).read_text())["history"]
+        test = ShardDataset(work.index, test_ids)
+        probs = predictor.predict_proba(test)
+        metrics = evaluate_predictions(test.labels, probs, predictor.threshold, test.patient_ids, work.reports,
+                                       history=history, n_resamples=config.evaluate.bootstrap, seed=config.seed)
+        cv = cross_validation_summary(config)
+        log_evaluation(run, config, work.reports, cv, export=work.exported_model(FIT_RUN))
     return {"metrics": metrics, "cv": cv, "threshold": predictor.threshold}
 
 
