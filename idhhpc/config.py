@@ -13,10 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from idhhpc.atomic import atomic_write_text
-from idhhpc.constants import MODALITIES, STAGES
+from idhhpc.constants import COORDINATE_CHANNELS, MODALITIES, STAGES
 
 
 class ConfigError(ValueError):
@@ -46,6 +53,9 @@ class DataConfig(Section):
     use_bias_corrected: bool = False
     min_patients: int = Field(10, ge=1)
     phantom: PhantomConfig | None = None
+    oracle_csv: Path | None = None
+    """Each patient's Bayes-optimal score (``patient_id`` and ``llr`` or ``prob_mutant``), when the
+    cohort is a phantom with a known optimum; default ``oracle.csv`` beside the data, if present."""
 
     @model_validator(mode="after")
     def _layout_needs_its_source(self) -> "DataConfig":
@@ -65,7 +75,24 @@ class PreprocessConfig(Section):
     affine_atol: float = Field(1e-3, gt=0)
     nan_policy: Literal["repair", "quarantine"] = "repair"
     shard_size: int = Field(16, ge=1)
-    compression: Literal["none", "lzf", "gzip", "zstd"] = "lzf"
+    compression: Literal["none", "lzf", "gzip", "zstd"] = "zstd"  # measured in idhhpc/data/shards.py
+    roi: Literal["brain", "tumor"] = "brain"
+    """What the cube holds: the whole brain, or the region around the tumour segmentation (the mask
+    chooses the crop; the network's input stays the four modalities). ``tumor`` needs a tumour
+    segmentation for every patient, at prediction time too."""
+    roi_margin: float = Field(0.25, ge=0.0, le=2.0)
+    """With roi tumor: share of the tumour box's longest side added on each side."""
+    roi_min_side: int = Field(0, ge=0)
+    """With roi tumor: smallest cube side in native voxels (small tumours get some context)."""
+    coordinates: bool = False
+    """Append three channels holding each voxel's position in the patient's brain box (-1 to 1
+    along R, A, S): with roi tumor they tell the network where in the brain the tumour lies
+    (IDH-mutant gliomas favour the frontal lobe), the whole-brain context a tight crop loses."""
+
+    @property
+    def extra_channels(self) -> int:
+        """Channels the network sees beyond the modalities."""
+        return COORDINATE_CHANNELS if self.coordinates else 0
 
     @field_validator("clip_percentiles")
     @classmethod
@@ -83,15 +110,47 @@ class SplitConfig(Section):
 
 
 class ModelConfig(Section):
+    """The network and how it starts.
+
+    ``pretrained``: ``imagenet`` (MONAI's 2D ImageNet EfficientNet weights from the torch hub
+    cache, inflated to 3D; ``python -m idhhpc.weights fetch b7`` fills the cache on a machine with
+    internet), ``none`` (random initial weights) or the path of a local 2D state dict.
+    ``trainable_stages`` left unset trains every stage without pretrained weights and the study's
+    last two stages (plus the head) with them; a frozen random prefix happens only when asked for.
+    ``freeze_batchnorm`` makes every BatchNorm, the trained ones included, normalise with its
+    running statistics; frozen stages always do. ``pretrained_fallback: scratch`` trains every
+    stage from random weights, and says so, when the ImageNet weights cannot be had.
+    """
+
     variant: Literal["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"] = "b7"
-    trainable_stages: int = Field(2, ge=-1)
+    pretrained: Literal["imagenet", "none"] | Path = "none"
+    pretrained_fallback: Literal["fail", "scratch"] = "fail"
+    trainable_stages: int | None = Field(None, ge=-1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    pretrained_2d: Path | None = None
     activation_checkpointing: bool = False
     channels_last: bool = False
     bn_momentum: float = Field(0.1, gt=0, le=1)
     calibration_samples: int = Field(32, ge=0)
-    freeze_batchnorm: bool = True
+    freeze_batchnorm: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_and_short_spellings(cls, data: Any) -> Any:
+        """``pretrained_2d`` (the old name of a local file) still loads; null means none; "all" is -1."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "pretrained_2d" in data:
+            old = data.pop("pretrained_2d")
+            if old is not None and data.get("pretrained") not in (None, "none", old):
+                raise ValueError("model.pretrained_2d is the old name of model.pretrained; set only model.pretrained")
+            if old is not None or "pretrained" not in data:
+                data["pretrained"] = old
+        if "pretrained" in data and data["pretrained"] is None:
+            data["pretrained"] = "none"
+        if data.get("trainable_stages") == "all":
+            data["trainable_stages"] = -1
+        return data
 
 
 class TrainConfig(Section):
@@ -105,23 +164,45 @@ class TrainConfig(Section):
     final_div_factor: float = Field(1e4, gt=0)
     loss: Literal["focal", "ce"] = "focal"
     focal_gamma: float = Field(2.0, ge=0)
-    focal_alpha: float | None = Field(0.75, ge=0, le=1)
+    focal_alpha: float | None = Field(None, ge=0, le=1)
+    """Weight of the mutant class in the focal loss (wildtype gets 1 - alpha); None: no weighting
+    beyond ``balance``. Setting it with ``balance: sampler`` weights mutants twice."""
+    balance: Literal["sampler", "loss", "none"] = "sampler"
+    """One class-balancing mechanism: a class-balanced sampler (each class drawn equally often),
+    class weights in the loss (inverse class frequency), or none."""
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     grad_clip: float | None = Field(1.0, gt=0)
     num_workers: int = Field(2, ge=0)
-    select_metric: Literal["val/auc", "val/loss"] = "val/auc"
+    select_metric: Literal["last", "val/auc", "val/loss"] = "last"
+    """The model kept: the last epoch (the default, so validation patients never choose the model and
+    out-of-fold predictions stay honest), or the epoch best by a validation metric."""
     patience: int = Field(10, ge=1)
-    augment: bool = True
+    """With a validation select_metric: stop after this many epochs without improvement."""
+    augment: Literal["off", "flips", "full"] = "full"
+    """3D augmentation of training volumes: none, random flips along every axis (label-preserving
+    for a tumour-centred cube), or flips plus small rotations/scaling, bias field and intensity
+    jitter. ``true``/``false`` mean full/off."""
     checkpoint_every_steps: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     memory_budget_gb: float | None = Field(None, gt=0)
     """When set, micro_batch becomes the largest divisor of micro_batch x accumulate whose measured
     training memory fits this budget (accumulate grows to keep the effective batch)."""
 
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_from_bool(cls, value: object) -> object:
+        return {True: "full", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
 
 class EvaluateConfig(Section):
     threshold: Literal["f1", "youden"] = "f1"
     bootstrap: int = Field(1000, ge=100)
+    calibration: Literal["temperature", "none"] = "temperature"
+    """Temperature scaling of each model's probabilities, fitted on its own validation patients."""
+    ensemble: Literal["folds", "fit"] = "folds"
+    """The headline test model: the mean of the k fold models (as nnU-Net does; their threshold is
+    chosen on the pooled out-of-fold predictions) or the final fit. The report shows both when both
+    exist; with no fold models ``folds`` falls back to the fit."""
 
 
 class ExplainConfig(Section):

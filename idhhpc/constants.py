@@ -24,6 +24,8 @@ MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
     "T2": ("T2",),
 }
 """File-name spellings of each modality met in UCSF-PDGM copies and users' own folders."""
+COORDINATE_CHANNELS = 3
+"""With ``preprocess.coordinates`` the network input ends with the R, A, S position of each voxel."""
 BRAIN_MASK_SUFFIX = "brain_segmentation"
 TUMOR_MASK_SUFFIX = "tumor_segmentation"
 
@@ -56,6 +58,8 @@ REPORT_FILE = "report.md"
 REPORT_HTML_FILE = "report.html"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
+OOF_PREDICTIONS_FILE = "oof_predictions.csv"
+CV_SUMMARY_FILE = "summary.json"
 GALLERY_FILE = "gallery.md"
 GALLERY_HTML_FILE = "gallery.html"
 CAM_STATISTICS_FILE = "cam_statistics.json"

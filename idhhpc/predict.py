@@ -49,12 +49,16 @@ class InvalidInput(ValueError):
 
 
 def predict(checkpoint: Path, patient_dir: Path, out: Path | None = None, device: str = "auto",
-            model_uri: str | None = None) -> dict[str, Any]:
+            tumor_mask: Path | None = None, model_uri: str | None = None) -> dict[str, Any]:
     """Validate, preprocess, predict and explain one patient; raises :class:`InvalidInput` before
     writing anything when the checkpoint, the device or the patient's files cannot be used.
-    ``model_uri`` names where ``checkpoint`` came from (a registered model) in the outputs."""
+
+    ``tumor_mask`` replaces the folder's ``*_tumor_segmentation.nii.gz``; a model trained on the
+    tumour region (``preprocess.roi: tumor``) needs one of the two. ``model_uri`` names where
+    ``checkpoint`` came from (a registered model) in the outputs.
+    """
     predictor = _load(Path(checkpoint), _device(device))
-    case_files = find_patient_files(Path(patient_dir), predictor)
+    case_files = find_patient_files(Path(patient_dir), predictor, tumor_mask)
     case = preprocess_patient(case_files, predictor)
     prob = predictor.predict_image(case.image)
     predicted = int(prob >= predictor.threshold)
@@ -130,15 +134,22 @@ def patient_id_of(folder: Path) -> str:
         raise InvalidInput(f"{folder}: folder name does not give a usable patient id: {err}") from None
 
 
-def find_patient_files(folder: Path, predictor: Predictor) -> CaseFiles:
+def find_patient_files(folder: Path, predictor: Predictor, tumor_mask: Path | None = None) -> CaseFiles:
     """The patient's modalities (and masks) found and checked exactly as cohort ingestion does."""
     if not folder.is_dir():
         raise InvalidInput(f"{folder}: patient folder not found")
+    if tumor_mask is not None and not Path(tumor_mask).is_file():
+        raise InvalidInput(f"--tumor-mask {tumor_mask}: file not found")
     config = predictor.config
     case, problem = case_from_folder(patient_id_of(folder), None, folder, config.data.modalities,
-                                     config.data.use_bias_corrected, config.preprocess.affine_atol)
+                                     config.data.use_bias_corrected, config.preprocess.affine_atol,
+                                     tumor_mask=tumor_mask)
     if case is None:
         raise InvalidInput(problem)
+    if config.preprocess.roi == "tumor" and case.tumor_mask is None:
+        raise InvalidInput(f"{folder}: this model looks at the tumour region (preprocess.roi: tumor) and needs the "
+                           "patient's tumour segmentation: put *_tumor_segmentation.nii.gz in the folder or pass "
+                           "--tumor-mask FILE")
     return case
 
 
@@ -229,6 +240,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--patient", required=True, type=Path, help="folder with the patient's FLAIR, T1, T1c, T2")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default ./idhhpc-predict/<patient_id>/)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--tumor-mask", type=Path, default=None,
+                        help="tumour segmentation (NIfTI, labels 0/1/2/4) if not in the folder; "
+                             "required by models trained with preprocess.roi: tumor")
     return parser
 
 
@@ -237,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.model:
             with registered_export(args.model, args.tracking_uri) as export:
-                result = predict(export, args.patient, args.out, args.device, model_uri=args.model)
+                result = predict(export, args.patient, args.out, args.device, args.tumor_mask, model_uri=args.model)
         else:
-            result = predict(args.checkpoint, args.patient, args.out, args.device)
+            result = predict(args.checkpoint, args.patient, args.out, args.device, args.tumor_mask)
     except InvalidInput as err:
         print(f"refused: {err}", file=sys.stderr)
         return EXIT_INVALID_INPUT

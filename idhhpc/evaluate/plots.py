@@ -13,10 +13,15 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    PrecisionRecallDisplay,
+    RocCurveDisplay,
+)
 
 from idhhpc.atomic import atomic_path
 from idhhpc.constants import CLASS_NAMES, EPOCH_COUNTERS
+from idhhpc.evaluate.calibration import expected_calibration_error, reliability_bins
 from idhhpc.evaluate.inputs import as_binary_arrays
 from idhhpc.evaluate.metrics import compute_metrics, predict_labels
 
@@ -153,3 +158,33 @@ def _error_bars(values: np.ndarray, intervals: Sequence[tuple[float, float]]) ->
     """Asymmetric whisker lengths ``(2, k)``; a missing interval draws no whisker."""
     low, high = np.array(intervals, dtype=float).T
     return np.nan_to_num(np.clip(np.stack([values - low, high - values]), 0, None))
+
+
+def plot_roc_comparison(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], path: Path,
+                        title: str = "ROC curves on the same patients") -> Path:
+    """One ROC curve per scorer (network, baseline, Bayes optimum...) on the same patients."""
+    figure = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = figure.subplots()
+    for index, (name, (labels, scores)) in enumerate(curves.items()):
+        RocCurveDisplay.from_predictions(np.asarray(labels), np.asarray(scores, dtype=float), pos_label=1, name=name,
+                                         ax=ax, plot_chance_level=index == len(curves) - 1)
+    ax.set(title=title, xlabel="1 - specificity", ylabel="sensitivity")
+    ax.legend(loc="lower right")
+    return save_figure(figure, path)
+
+
+def plot_reliability(y_true, prob, path: Path, bins: int = 10) -> Path:
+    """Observed mutant rate against mean P(mutant) per probability bin, with the case counts."""
+    labels, probs = as_binary_arrays(y_true, prob)
+    points = reliability_bins(labels, probs, bins)
+    figure = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color="crimson", label="model")
+    for predicted, observed, count in points:
+        ax.annotate(str(count), (predicted, observed), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ece = expected_calibration_error(labels, probs, bins)
+    ax.set(title=f"Reliability (ECE {ece:.3f}, {bins} bins; n per bin)", xlabel="mean P(mutant)",
+           ylabel="observed mutant rate", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left")
+    return save_figure(figure, path)

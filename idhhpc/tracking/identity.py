@@ -14,7 +14,8 @@ from typing import Any
 
 from idhhpc.config import fingerprint
 
-ROLES = ("launch", "cv", "fit", "evaluate", "explain", "tune", "trial")
+ROLES = ("launch", "cv", "cv-summary", "fit", "evaluate", "explain", "tune", "trial")
+"""The roles runs have today; a stage run's role defaults to its stage name."""
 FIT_RUN = "fit"
 _FOLD_RUN = re.compile(r"fold-(\d+)")
 """The training run names of ``idhhpc.stages.cv.fold_run_name`` and ``idhhpc.stages.fit.RUN_NAME``
@@ -28,8 +29,6 @@ def split_hash(**groups: Sequence[str]) -> str:
 
 def run_params(role: str, fold: int | None = None, **groups: Sequence[str]) -> dict[str, str]:
     """The distinguishing params of one run; ``groups`` are the patient lists it uses."""
-    if role not in ROLES:
-        raise ValueError(f"unknown run role {role!r}; expected one of {ROLES}")
     params = {"role": role}
     if fold is not None:
         params["fold"] = str(fold)

@@ -21,6 +21,8 @@ TEST_WITH_CI = ("auc", "f1_weighted", "accuracy")
 """The study's headline figures: logged with ``_ci_low`` / ``_ci_high`` bounds."""
 TEST_POINTS = ("balanced_accuracy", "sensitivity", "specificity", "precision_weighted", "recall_weighted",
                "pr_auc", "mcc", "brier")
+LAUNCH_CURVES = ("val/auc", "train/loss", "val/loss")
+"""The final fit's per-epoch curves that its launch run repeats."""
 CAM_HEADLINE = ("energy_in_tumor", "pointing_game")
 """The CAM statistics a launch run repeats from its explain run."""
 CAM_GROUPS = ("all", *CLASS_NAMES, "correct", "wrong")

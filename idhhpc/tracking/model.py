@@ -99,7 +99,8 @@ def model_metadata(export: Path) -> dict[str, Any]:
     payload = read_export(export)
     config = JobConfig.model_validate_json(payload["config"])
     return {"threshold": float(payload["threshold"]), "threshold_method": str(payload["threshold_method"]),
-            "calibration": payload.get("calibration") or {"method": "none"},
+            "calibration": {"method": config.evaluate.calibration,
+                            "temperature": float(payload.get("temperature", 1.0))},
             "val_auc": float(payload["val_auc"]), "training_run": str(payload["run"]),
             "variant": config.model.variant, "input_size": config.preprocess.size,
             "modalities": list(config.data.modalities), "labels": [f"IDH-{name}" for name in CLASS_NAMES]}

@@ -21,6 +21,7 @@ from idhhpc.constants import METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, REPORT
 from idhhpc.evaluate.plots import plot_history
 from idhhpc.tracking.metrics import (
     CAM_TABLE,
+    LAUNCH_CURVES,
     METRICS_TABLE,
     cam_group_rows,
     cam_metrics,
@@ -79,9 +80,9 @@ def epoch_logger(run: RunHandle, config: JobConfig, role: str) -> Callable[[int,
 
     def log_epoch(epoch: int, record: Mapping[str, Any]) -> None:
         metrics = epoch_metrics(record)
-        for target in (run, parent):
-            if target is not None:
-                target.log_metrics(metrics, step=epoch)
+        run.log_metrics(metrics, step=epoch)
+        if parent is not None:
+            parent.log_metrics({k: v for k, v in metrics.items() if k in LAUNCH_CURVES}, step=epoch)
 
     return log_epoch
 

@@ -32,6 +32,7 @@ DIRTY_TAG = "idhhpc.git.dirty"
 ENTRY_POINTS = {
     "launch": "idhhpc.launch",
     "cv": "idhhpc.stages.cv",
+    "cv-summary": "idhhpc.stages.cv",
     "fit": "idhhpc.stages.fit",
     "evaluate": "idhhpc.stages.evaluate",
     "explain": "idhhpc.stages.explain",

@@ -42,12 +42,18 @@ from idhhpc.train.distributed import Distributed
 from idhhpc.train.loss import make_loss
 from idhhpc.train.optim import make_optimizer, make_scaler, make_scheduler
 from idhhpc.train.sampler import epoch_batches, micro_steps_per_epoch
-from idhhpc.train.seeding import capture_rng_state, derive_seed, restore_rng_state, seeded_generator
+from idhhpc.train.seeding import (
+    capture_rng_state,
+    derive_seed,
+    restore_rng_state,
+    seeded_generator,
+)
 from idhhpc.train.step import Optimization, accumulation_window, training_step
 from idhhpc.train.stopping import StopRequest, TrainingInterrupted
 from idhhpc.train.validation import ValidationResult, validate
 
 DROPOUT_STREAM, LOADER_STREAM, VAL_LOADER_STREAM = 3, 4, 5
+LAST_EPOCH = "last"
 EpochCallback = Callable[[int, dict], None]
 
 
@@ -123,7 +129,8 @@ def _prepare_run(model, train_ds, val_ds, settings, seed, run_dir, on_epoch_end,
     samples_per_rank = math.ceil(len(labels) / context.world_size)
     opt = Optimization(forward_model=distributed.prepare_model(model, context, device), optimizer=optimizer,
                        scheduler=make_scheduler(optimizer, settings, samples_per_rank),
-                       scaler=make_scaler(use_scaler, device), loss_fn=make_loss(settings).to(device), device=device,
+                       scaler=make_scaler(use_scaler, device), loss_fn=make_loss(settings, labels).to(device),
+                       device=device,
                        amp_dtype=amp_dtype, grad_clip=settings.grad_clip, memory_format=_input_memory_format(model))
     return _Run(model=model, train_ds=train_ds, val_ds=val_ds, labels=labels, settings=settings, seed=seed,
                 run_dir=run_dir, opt=opt, stop=stop or StopRequest(), config_hash=config_hash,
@@ -131,9 +138,9 @@ def _prepare_run(model, train_ds, val_ds, settings, seed, run_dir, on_epoch_end,
 
 
 def _training_dataset(train_ds: Dataset, settings: TrainConfig, seed: int) -> Dataset:
-    if isinstance(train_ds, AugmentedDataset) or not settings.augment:
+    if isinstance(train_ds, AugmentedDataset) or settings.augment == "off":
         return train_ds
-    return AugmentedDataset(train_ds, make_train_transform(seed), seed=seed)
+    return AugmentedDataset(train_ds, make_train_transform(seed, settings.augment), seed=seed)
 
 
 def _labels_of(dataset: Dataset) -> list[int]:
@@ -170,8 +177,8 @@ def _train_epoch(run: _Run, progress: TrainProgress) -> None:
 
 def _epoch_batches(run: _Run, epoch: int) -> list[list[tuple[int, int]]]:
     """This rank's micro-batches as (dataset index, draw position) keys; a pure function of (seed, epoch)."""
-    return epoch_batches(run.labels, run.seed, epoch, run.settings.micro_batch,
-                         run.dist.world_size, run.dist.rank)
+    return epoch_batches(run.labels, run.seed, epoch, run.settings.micro_batch, run.dist.world_size, run.dist.rank,
+                         balanced=run.settings.balance == "sampler")
 
 
 class _DrawKeyed(Dataset):
@@ -263,10 +270,14 @@ def _validate(run: _Run, epoch: int) -> ValidationResult:
 
 
 def _validate_on(run: _Run, dataset: Dataset, epoch: int) -> ValidationResult:
-    """The bare model, not DDP: validation needs no gradient sync, and shards may differ in length."""
+    """The bare model, not DDP: validation needs no gradient sync, and shards may differ in length.
+
+    Always in float32, whatever the training precision: the threshold and the calibration chosen
+    on these probabilities are applied to test and new patients, which are scored in float32.
+    """
     batching = dict(batch_size=run.settings.micro_batch, shuffle=False)
     loader = _loader(run, dataset, batching, seeded_generator(run.seed, VAL_LOADER_STREAM, epoch))
-    return validate(run.model, loader, run.opt.loss_fn, run.device, run.opt.amp_dtype, run.opt.memory_format)
+    return validate(run.model, loader, run.opt.loss_fn, run.device, None, run.opt.memory_format)
 
 
 def _epoch_metrics(run: _Run, progress: TrainProgress, val: ValidationResult) -> dict[str, Any]:
@@ -281,11 +292,13 @@ def _epoch_metrics(run: _Run, progress: TrainProgress, val: ValidationResult) ->
 
 
 def _update_best(run: _Run, progress: TrainProgress, metrics: dict, val: ValidationResult) -> None:
+    """Keep the epoch the job selects by: the last one (no choice made on validation patients, so
+    their predictions stay honest out-of-fold figures), or the best by a validation metric."""
     name = run.settings.select_metric
-    if name not in metrics:
+    if name != LAST_EPOCH and name not in metrics:
         raise KeyError(f"train.select_metric {name!r} is not an epoch metric; choose one of {sorted(metrics)}")
-    value = float(metrics[name])
-    if not is_better(value, progress.best_metric, higher_is_better(name)):
+    value = float(progress.epoch if name == LAST_EPOCH else metrics[name])
+    if not is_better(value, progress.best_metric, name == LAST_EPOCH or higher_is_better(name)):
         progress.epochs_without_improvement += 1
         return
     progress.best_metric, progress.best_epoch, progress.epochs_without_improvement = value, progress.epoch, 0

@@ -22,7 +22,11 @@ from idhhpc.hpc.pipeline import build_steps
 from idhhpc.hpc.runner import run_locally, submit_to_slurm
 from idhhpc.launch import main
 from tests.support.jobs import tiny_config, tiny_overrides
-from tests.support.slurm import cluster_unavailable_reason, sacct_records, wait_for_final_state
+from tests.support.slurm import (
+    cluster_unavailable_reason,
+    sacct_records,
+    wait_for_final_state,
+)
 
 _UNAVAILABLE = cluster_unavailable_reason()
 pytestmark = [

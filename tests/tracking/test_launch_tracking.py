@@ -36,7 +36,7 @@ from idhhpc.workdir import WorkDir
 pytestmark = [pytest.mark.mlflow, pytest.mark.slow]
 
 MAX_METRIC_KEYS = 30
-STAGE_RUNS = ("fold-0", "fold-1", "fit", "evaluate", "explain")
+STAGE_RUNS = ("fold-0", "fold-1", "cv-summary", "fit", "evaluate", "explain")
 
 
 def _ms(path: Path) -> int:
@@ -95,7 +95,7 @@ def test_no_run_has_more_than_about_30_metric_keys(tracked_launch):
 
 
 def test_every_run_names_its_commit_and_entry_point(tracked_launch):
-    expected_files = {"tiny": "launch.py", "fold-0": "cv.py", "fold-1": "cv.py", "fit": "fit.py",
+    expected_files = {"tiny": "launch.py", "fold-0": "cv.py", "fold-1": "cv.py", "cv-summary": "cv.py", "fit": "fit.py",
                       "evaluate": "evaluate.py", "explain": "explain.py"}
     for name, run in tracked_launch["runs"].items():
         tags = run.data.tags
@@ -137,9 +137,9 @@ def test_cohort_is_logged_as_datasets_with_the_manifest_digest_and_the_split(tra
 def test_figures_and_reports_sit_at_the_run_roots_where_compare_finds_them(tracked_launch):
     client, runs = tracked_launch["client"], tracked_launch["runs"]
     root = {name: {a.path for a in client.list_artifacts(run.info.run_id)} for name, run in runs.items()}
-    assert {"report.html", "roc.png", "history.png", "metrics_table.json", "report.md"} <= root["evaluate"]
-    assert {"history.png", "selection.json"} <= root["fold-0"] & root["fold-1"]
-    assert {"report.html", "roc.png", "history.png"} <= root["tiny"]
+    assert {"report.html", "roc.png", "metrics_table.json", "report.md", "predictions.csv"} <= root["evaluate"]
+    assert {"history.png", "selection.json"} <= root["fold-0"] & root["fold-1"] & root["fit"]
+    assert {"report.html", "roc.png"} <= root["tiny"]
     assert {"gallery.html", "cam_statistics.json"} <= root["explain"]
     assert runs["evaluate"].data.tags.get("mlflow.loggedImages") == "True"
 
@@ -171,7 +171,9 @@ def test_final_model_is_registered_with_signature_threshold_and_calibration(trac
     model = mlflow.pyfunc.load_model(served["uri"])
     metadata = model.metadata.metadata
     assert metadata["threshold"] == pytest.approx(read_export(served["export"])["threshold"])
-    assert metadata["calibration"] == {"method": "none"} and metadata["variant"] == "b0"
+    assert metadata["calibration"] == {"method": tracked_launch["config"].evaluate.calibration,
+                                       "temperature": pytest.approx(read_export(served["export"])["temperature"])}
+    assert metadata["variant"] == "b0"
     assert model.metadata.get_input_schema().input_names() == ["patient_dir", "image"]
     assert model.metadata.get_output_schema().input_names() == ["prob_mutant", "label"]
     image = read_case(served["index"], served["patient"]).image.astype("float64")

@@ -119,6 +119,6 @@ def test_compare_page_of_the_folds_shows_the_differing_params(tour):
 def test_evaluate_artifacts_open_on_the_html_report_and_render_figures(tour):
     report = tour["4_evaluate_report"]
     assert report["rendered"] and report["frames"] >= 1  # report.html renders in MLflow's sandboxed frame
-    for name in ("roc.png", "history.png", "metrics_table.json", "report.md"):
+    for name in ("roc.png", "reliability.png", "metrics_table.json", "report.md"):
         assert name in report["text"]
     assert tour["5_evaluate_roc"]["rendered"] and tour["5_evaluate_roc"]["images"] >= 1

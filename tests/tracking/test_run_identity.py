@@ -8,7 +8,7 @@ import pytest
 
 from idhhpc.stages.cv import fold_run_name
 from idhhpc.stages.fit import RUN_NAME as FIT_RUN
-from idhhpc.tracking.identity import run_params, split_hash, training_identity
+from idhhpc.tracking.identity import ROLES, run_params, split_hash, training_identity
 from idhhpc.tracking.links import compare_url, run_url, runs_url, ui_base, ui_command
 from idhhpc.tracking.metrics import (
     cam_group_rows,
@@ -36,8 +36,7 @@ def test_split_hash_names_the_patients_not_their_order():
     assert run_params("cv", 1, train=["a"], val=["b"]) == {"role": "cv", "fold": "1",
                                                            "split_hash": split_hash(train=["a"], val=["b"])}
     assert trial_params({"max_lr": 0.01})["role"] == "trial"
-    with pytest.raises(ValueError, match="unknown run role"):
-        run_params("training")
+    assert set(ENTRY_POINTS) == set(ROLES)
 
 
 def test_source_tags_point_at_existing_entry_point_files_and_the_checkout_commit(monkeypatch):
