@@ -26,9 +26,9 @@ from idhhpc.tracking.metrics import (
     cam_group_rows,
     cam_metrics,
     epoch_metrics,
+    evaluation_metrics,
     launch_metrics,
     metric_rows,
-    evaluation_metrics,
 )
 from idhhpc.tracking.model import log_registered_model
 from idhhpc.tracking.runs import launch_run, tracking_uri

@@ -106,16 +106,20 @@ def describe_links(config: JobConfig) -> list[str]:
     if command:
         lines.append(f"  start the UI: {command}")
     try:
-        experiment = MlflowClient(uri).get_experiment_by_name(config.tracking.experiment)
+        lines += _ui_links(config, MlflowClient(uri), ui_base(uri))
     except Exception as err:  # noqa: BLE001 - an unreachable server only loses the links
-        log.warning("MLflow at %s did not answer: %s", uri, err)
-        experiment = None
-    if experiment is not None:
-        base = ui_base(uri)
-        lines.append(f"  runs:         {runs_url(base, experiment.experiment_id)}")
-        lines.append(f"  charts:       {runs_url(base, experiment.experiment_id, charts=True)}")
-        if config.tracking.parent_run_id:
-            lines += _launch_links(MlflowClient(uri), base, experiment.experiment_id, config.tracking.parent_run_id)
+        log.warning("MLflow at %s did not answer, no links to print: %s", uri, err)
+    return lines
+
+
+def _ui_links(config: JobConfig, client: MlflowClient, base: str) -> list[str]:
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is None:
+        return []
+    lines = [f"  runs:         {runs_url(base, experiment.experiment_id)}",
+             f"  charts:       {runs_url(base, experiment.experiment_id, charts=True)}"]
+    if config.tracking.parent_run_id:
+        lines += _launch_links(client, base, experiment.experiment_id, config.tracking.parent_run_id)
     return lines
 
 
