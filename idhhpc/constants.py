@@ -36,6 +36,9 @@ TUMOR_SUBREGIONS = {"necrosis": NECROSIS, "edema": EDEMA, "enhancing": ENHANCING
 
 # --- the pipeline -------------------------------------------------------------------------------
 
+EPOCH_COUNTERS = ("epoch", "optimizer_step")
+"""Counters in the trainer's per-epoch records: the x axis of training curves, never a curve."""
+
 STAGES = ("cohort", "preprocess", "split", "tune", "cv", "fit", "evaluate", "explain")
 """Every stage, in pipeline order."""
 
@@ -52,6 +55,7 @@ MODEL_FILE = "model.pt"
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 REPORT_FILE = "report.md"
+REPORT_HTML_FILE = "report.html"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 OOF_PREDICTIONS_FILE = "oof_predictions.csv"

@@ -183,12 +183,13 @@ def _launch_on_slurm(steps: list[Step], config: JobConfig, args: argparse.Namesp
 
 
 def _where(config: JobConfig) -> str:
+    from idhhpc.tracking.runs import describe_links
+
     work = WorkDir(config.work_dir)
-    lines = [f"work dir: {work.root}", f"MLflow:   {config.tracking.uri}  (parent run {config.tracking.parent_run_id})"]
+    lines = [f"work dir: {work.root}"]
     if work.report.is_file():
         lines.append(f"report:   {work.report}")
-    lines.append(f"compare runs: mlflow ui --backend-store-uri {config.tracking.uri} --host 127.0.0.1")
-    return "\n".join(lines)
+    return "\n".join(lines + describe_links(config))
 
 
 def _wait_for(records: list, config: JobConfig) -> int:

@@ -2,6 +2,10 @@
 
     python -m idhhpc.predict --checkpoint runs/dryrun/checkpoints/fit/model.pt \\
         --patient /data/UCSF-PDGM-0004_nifti [--out DIR] [--device cpu|cuda|auto]
+    python -m idhhpc.predict --model models:/idhhpc-idh-b0/1 --patient ... [--tracking-uri URI]
+
+``--model`` takes a registered MLflow model instead of the file (``models:/NAME/VERSION`` or
+any model URI; the registry is ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``).
 
 Prints the mutant probability and the class at the threshold chosen on validation, and writes
 Grad-CAM overlays, CAM NIfTIs (model space and the patient's native grid), CAM-in-tumor
@@ -14,12 +18,14 @@ folder that is renamed into place.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -43,12 +49,13 @@ class InvalidInput(ValueError):
 
 
 def predict(checkpoint: Path, patient_dir: Path, out: Path | None = None, device: str = "auto",
-            tumor_mask: Path | None = None) -> dict[str, Any]:
+            tumor_mask: Path | None = None, model_uri: str | None = None) -> dict[str, Any]:
     """Validate, preprocess, predict and explain one patient; raises :class:`InvalidInput` before
     writing anything when the checkpoint, the device or the patient's files cannot be used.
 
     ``tumor_mask`` replaces the folder's ``*_tumor_segmentation.nii.gz``; a model trained on the
-    tumour region (``preprocess.roi: tumor``) needs one of the two.
+    tumour region (``preprocess.roi: tumor``) needs one of the two. ``model_uri`` names where
+    ``checkpoint`` came from (a registered model) in the outputs.
     """
     predictor = _load(Path(checkpoint), _device(device))
     case_files = find_patient_files(Path(patient_dir), predictor, tumor_mask)
@@ -59,7 +66,7 @@ def predict(checkpoint: Path, patient_dir: Path, out: Path | None = None, device
     result = {"patient_id": case.patient_id, "prob_mutant": prob, "predicted": predicted,
               "predicted_class": f"IDH-{CLASS_NAMES[predicted]}", "threshold": predictor.threshold,
               "threshold_method": predictor.threshold_method, "model_run": predictor.run,
-              "model_val_auc": predictor.val_auc, "checkpoint": str(Path(checkpoint).resolve()),
+              "model_val_auc": predictor.val_auc, "checkpoint": model_uri or str(Path(checkpoint).resolve()),
               "patient_dir": str(Path(patient_dir).resolve()), "device": str(predictor.device),
               "inputs": {m: str(p) for m, p in case_files.images.items()},
               "tumor_mask": str(case_files.tumor_mask) if case_files.tumor_mask else None,
@@ -79,6 +86,43 @@ def _load(checkpoint: Path, device: torch.device) -> Predictor:
         return Predictor.load(checkpoint, device)
     except ModelFileError as err:
         raise InvalidInput(str(err)) from None
+
+
+@contextlib.contextmanager
+def registered_export(model_uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
+    """The ``model.pt`` inside an MLflow model (``models:/NAME/VERSION``), downloaded for the block."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    with tempfile.TemporaryDirectory(prefix="idhhpc-model-") as folder, using_tracking_uri(tracking_uri):
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder))
+            artifacts = Model.load(local).flavors.get("python_function", {}).get("artifacts", {})
+        except (MlflowException, OSError) as err:
+            where = mlflow.get_tracking_uri()
+            raise InvalidInput(f"--model {model_uri}: cannot load it from {where}: {err}") from None
+        if len(artifacts) != 1:
+            raise InvalidInput(f"--model {model_uri}: not an idhhpc model (expected one model.pt artifact, "
+                               f"found {sorted(artifacts)})")
+        yield local / next(iter(artifacts.values()))["path"]
+
+
+@contextlib.contextmanager
+def using_tracking_uri(uri: str | None) -> Iterator[None]:
+    """MLflow resolves ``models:/`` and logs models through its global URI (its ``tracking_uri``
+    arguments do not reach the registry lookup): set it for the block, then restore it."""
+    if uri is None:
+        yield
+        return
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def patient_id_of(folder: Path) -> str:
@@ -189,7 +233,10 @@ def details(result: dict[str, Any]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m idhhpc.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, type=Path, help="exported model (checkpoints/fit/model.pt)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="exported model (checkpoints/fit/model.pt)")
+    source.add_argument("--model", help="registered MLflow model, e.g. models:/idhhpc-idh-b7/1")
+    parser.add_argument("--tracking-uri", help="MLflow registry of --model (default: $MLFLOW_TRACKING_URI)")
     parser.add_argument("--patient", required=True, type=Path, help="folder with the patient's FLAIR, T1, T1c, T2")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default ./idhhpc-predict/<patient_id>/)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -202,7 +249,11 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        result = predict(args.checkpoint, args.patient, args.out, args.device, args.tumor_mask)
+        if args.model:
+            with registered_export(args.model, args.tracking_uri) as export:
+                result = predict(export, args.patient, args.out, args.device, args.tumor_mask, model_uri=args.model)
+        else:
+            result = predict(args.checkpoint, args.patient, args.out, args.device, args.tumor_mask)
     except InvalidInput as err:
         print(f"refused: {err}", file=sys.stderr)
         return EXIT_INVALID_INPUT

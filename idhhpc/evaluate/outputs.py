@@ -13,7 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from idhhpc.atomic import atomic_write_json, atomic_write_text
-from idhhpc.constants import CLASS_NAMES, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE
+from idhhpc.constants import CLASS_NAMES, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, REPORT_HTML_FILE
 from idhhpc.evaluate import plots
 from idhhpc.evaluate.bootstrap import bootstrap_ci
 from idhhpc.evaluate.calibration import (
@@ -23,7 +23,7 @@ from idhhpc.evaluate.calibration import (
 from idhhpc.evaluate.inputs import as_binary_arrays, has_both_classes
 from idhhpc.evaluate.metrics import compute_metrics, predict_labels
 from idhhpc.evaluate.reference import STUDY_REFERENCE
-from idhhpc.evaluate.report import render_report
+from idhhpc.evaluate.report import render_report, render_report_html
 from idhhpc.ids import validate_patient_id
 
 CONFIDENCE_LEVEL = 0.95
@@ -40,7 +40,7 @@ def evaluate_predictions(
     seed: int = 0,
     sections: Sequence[str] = (),
 ) -> dict[str, float]:
-    """Write ``metrics.json``, ``predictions.csv``, the PNG figures and ``report.md`` to
+    """Write ``metrics.json``, ``predictions.csv``, the PNG figures, ``report.md`` and ``report.html`` to
     ``out_dir`` and return the bare-keyed metrics (callers prefix ``test/`` for MLflow).
 
     ``threshold`` must come from the validation set (``choose_threshold``), never from these labels.
@@ -57,7 +57,9 @@ def evaluate_predictions(
     atomic_write_json(out_dir / METRICS_FILE, _metrics_document(metrics, intervals, summary))
     atomic_write_text(out_dir / PREDICTIONS_FILE, _predictions_csv(patient_ids, labels, probs, threshold))
     figures = _write_figures(labels, probs, threshold, metrics, intervals, history, out_dir)
-    atomic_write_text(out_dir / REPORT_FILE, render_report(metrics, intervals, summary, figures, sections))
+    report = render_report(metrics, intervals, summary, figures, sections)
+    atomic_write_text(out_dir / REPORT_FILE, report)
+    atomic_write_text(out_dir / REPORT_HTML_FILE, render_report_html(report, out_dir))
     return metrics
 
 

@@ -31,6 +31,7 @@ from idhhpc.stages.checks import newer, same_sections
 from idhhpc.stages.cv import fold_run_name
 from idhhpc.stages.fit import RUN_NAME as FIT_RUN
 from idhhpc.stages.step import Step
+from idhhpc.tracking.records import log_evaluation
 from idhhpc.tracking.runs import stage_run
 from idhhpc.workdir import WorkDir
 
@@ -47,8 +48,9 @@ class TestScores:
 
 def run_evaluate(config: JobConfig) -> dict[str, Any]:
     work = WorkDir(config.work_dir)
-    with stage_run(config, "evaluate") as run:
-        test = ShardDataset(work.index, load_splits(config)["test"])
+    test_ids = load_splits(config)["test"]
+    with stage_run(config, "evaluate", patients={"test": test_ids}) as run:
+        test = ShardDataset(work.index, test_ids)
         models = score_models(config, test)
         headline = models.get(config.evaluate.ensemble) or models.get(FIT_RUN) or next(iter(models.values()))
         sections = report_sections(config, test, models, headline)
@@ -56,11 +58,9 @@ def run_evaluate(config: JobConfig) -> dict[str, Any]:
                                        work.reports, history=headline.history, n_resamples=config.evaluate.bootstrap,
                                        seed=config.seed, sections=sections)
         other = {f"test/{m.name}_auc": compute_metrics(test.labels, m.probs, m.threshold)["auc"] for m in models.values()}
-        run.log_metrics({f"test/{k}": float(v) for k, v in metrics.items() if _finite(v)}
-                        | {k: v for k, v in other.items() if _finite(v)} | cross_validation_summary(config))
-        for path in sorted(work.reports.glob("*")):
-            if path.is_file():
-                run.log_artifact(path, "reports")
+        served = work.exported_model(FIT_RUN)  # the model predict and the registry serve
+        log_evaluation(run, config, work.reports, {k: v for k, v in other.items() if _finite(v)}
+                       | cross_validation_summary(config), export=served if served.is_file() else None)
     return {"metrics": metrics, "model": headline.name, "threshold": headline.threshold}
 
 

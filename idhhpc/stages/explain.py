@@ -22,6 +22,7 @@ from idhhpc.stages.checks import newer, same_sections
 from idhhpc.stages.cv import fold_run_name
 from idhhpc.stages.fit import RUN_NAME as FIT_RUN
 from idhhpc.stages.step import Step
+from idhhpc.tracking.records import log_explanation
 from idhhpc.tracking.runs import stage_run
 from idhhpc.workdir import WorkDir
 
@@ -37,19 +38,15 @@ def explained_model(work: WorkDir) -> Path:
 
 def run_explain(config: JobConfig) -> dict[str, float]:
     work = WorkDir(config.work_dir)
-    predictor = Predictor.load(explained_model(work), resolve_device(config.train.device))
     splits = load_splits(config)
     patients = choose_patients(splits["test"], splits["labels"], config.explain.max_cases)
-    result = explain_cases(predictor.model, iter_cases(work, patients, _evaluated_probs(work)), work.explanations,
-                           predictor.threshold, config.explain.layer, methods=tuple(config.explain.methods),
-                           to_native=lambda cam, case: to_native(cam, case["geometry"]))
-    _link_gallery_from_report(work)
-    with stage_run(config, "explain") as run:
-        run.log_metrics({k: v for k, v in result["summary"].items() if v == v})
-        for path in [*result["galleries"], result["statistics"]]:
-            run.log_artifact(path, "explain")
-        for case in result["cases"]:
-            run.log_artifact(work.patient_report(case["patient_id"]), f"explain/{case['patient_id']}")
+    with stage_run(config, "explain", patients={"test": patients}) as run:
+        predictor = Predictor.load(explained_model(work), resolve_device(config.train.device))
+        result = explain_cases(predictor.model, iter_cases(work, patients, _evaluated_probs(work)), work.explanations,
+                               predictor.threshold, config.explain.layer, methods=tuple(config.explain.methods),
+                               to_native=lambda cam, case: to_native(cam, case["geometry"]))
+        _link_gallery_from_report(work)
+        log_explanation(run, config, result, [work.patient_report(case["patient_id"]) for case in result["cases"]])
     return result["summary"]
 
 

@@ -27,6 +27,8 @@ from idhhpc.model.calibrate import calibrated_network
 from idhhpc.model.memory import fit_to_memory_budget
 from idhhpc.model.initialisation import describe_initialisation
 from idhhpc.predictor import EXPORT_FORMAT
+from idhhpc.tracking.identity import training_identity
+from idhhpc.tracking.records import epoch_logger, log_training_figure
 from idhhpc.tracking.runs import stage_run
 from idhhpc.train import distributed
 from idhhpc.train.checkpoint import load_checkpoint
@@ -72,16 +74,18 @@ def train_and_track(config: JobConfig, run_name: str, train_ids: list[str], val_
     if not distributed.current().is_main:
         train(network, train_ds, val_ds, config.train, run_dir, **common)
         return {}
-    with stage_run(config, run_name) as run:
+    identity, patients = training_identity(run_name), {"train": train_ids, "val": val_ids}
+    with stage_run(config, run_name, **identity, patients=patients) as run:
         result = train(network, train_ds, val_ds, config.train, run_dir,
-                       on_epoch_end=lambda epoch, metrics: run.log_metrics(_numeric(metrics), step=epoch), **common)
+                       on_epoch_end=epoch_logger(run, config, identity["role"]), **common)
         selection = _selection(config, run_name, result)
         atomic_write_json(work.selection(run_name), selection)
         export_model(config, result, selection, work.exported_model(run_name))
         run.log_metrics({"val/best_auc": selection["val_auc"], "val/threshold": selection["threshold"],
                          "val/temperature": selection["temperature"], "best_epoch": selection["best_epoch"]})
-        run.log_artifact(work.selection(run_name), "selection")
+        run.log_artifact(work.selection(run_name))
         run.log_artifact(work.exported_model(run_name), "model")
+        log_training_figure(run, result.history, run_dir)
     return selection
 
 
@@ -130,7 +134,3 @@ def export_model(config: JobConfig, result: TrainResult, selection: dict[str, An
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
-
-
-def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"}
