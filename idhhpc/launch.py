@@ -19,7 +19,14 @@ from idhhpc.hpc import interrupts
 from idhhpc.hpc.executors import SlurmNotAvailable, require_sbatch, sbatch_preview
 from idhhpc.hpc.lock import LockBusy, WorkDirLock
 from idhhpc.hpc.pipeline import build_steps, plan_skips, previous_config
-from idhhpc.hpc.runner import StageFailed, StepRecord, cancel_submitted, format_table, run_locally, submit_to_slurm
+from idhhpc.hpc.runner import (
+    StageFailed,
+    StepRecord,
+    cancel_submitted,
+    format_table,
+    run_locally,
+    submit_to_slurm,
+)
 from idhhpc.stages.step import Step
 from idhhpc.workdir import WorkDir
 

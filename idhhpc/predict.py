@@ -91,9 +91,10 @@ def _load(checkpoint: Path, device: torch.device) -> Predictor:
 @contextlib.contextmanager
 def registered_export(model_uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
     """The ``model.pt`` inside an MLflow model (``models:/NAME/VERSION``), downloaded for the block."""
-    import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
+
+    import mlflow
 
     with tempfile.TemporaryDirectory(prefix="idhhpc-model-") as folder, using_tracking_uri(tracking_uri):
         try:

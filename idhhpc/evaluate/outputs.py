@@ -13,7 +13,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from idhhpc.atomic import atomic_write_json, atomic_write_text
-from idhhpc.constants import CLASS_NAMES, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, REPORT_HTML_FILE
+from idhhpc.constants import (
+    CLASS_NAMES,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+    REPORT_HTML_FILE,
+)
 from idhhpc.evaluate import plots
 from idhhpc.evaluate.bootstrap import bootstrap_ci
 from idhhpc.evaluate.calibration import (

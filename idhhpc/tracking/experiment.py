@@ -22,7 +22,12 @@ from mlflow.utils.mlflow_tags import (
 
 from idhhpc.tracking.metrics import hidden_chart_metrics
 from idhhpc.tracking.uris import local_artifact_location
-from idhhpc.tracking.views import SHARED_VIEW_TAG, same_view, shared_view_value, view_state
+from idhhpc.tracking.views import (
+    SHARED_VIEW_TAG,
+    same_view,
+    shared_view_value,
+    view_state,
+)
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"

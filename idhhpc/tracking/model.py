@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.entities.model_registry import ModelVersion
@@ -32,11 +31,11 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import DataType
 from mlflow.types.schema import Array, ColSpec, Schema
 
+import mlflow
 from idhhpc.config import JobConfig
 from idhhpc.constants import CLASS_NAMES
 from idhhpc.predict import find_patient_files, preprocess_patient, using_tracking_uri
 from idhhpc.predictor import Predictor, read_export
-
 
 MODEL_ARTIFACT = "model"
 """Key of the export among the MLflow model's artifacts (``artifacts/model.pt`` in its folder)."""

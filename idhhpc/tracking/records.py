@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from idhhpc.config import JobConfig
-from idhhpc.constants import METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE, REPORT_HTML_FILE
+from idhhpc.constants import (
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+    REPORT_HTML_FILE,
+)
 from idhhpc.evaluate.plots import plot_history
 from idhhpc.tracking.metrics import (
     CAM_TABLE,

@@ -19,9 +19,16 @@ from mlflow.tracking import MlflowClient
 from idhhpc.config import JobConfig
 from idhhpc.tracking.datasets import cohort_datasets
 from idhhpc.tracking.flatten import flatten_params
-from idhhpc.tracking.outage import use_short_http_settings
 from idhhpc.tracking.identity import run_params
-from idhhpc.tracking.links import compare_url, quiet_mlflow_links, run_url, runs_url, ui_base, ui_command
+from idhhpc.tracking.links import (
+    compare_url,
+    quiet_mlflow_links,
+    run_url,
+    runs_url,
+    ui_base,
+    ui_command,
+)
+from idhhpc.tracking.outage import use_short_http_settings
 from idhhpc.tracking.tags import export_git_state, source_tags
 from idhhpc.tracking.tracker import RunHandle, Tracker
 from idhhpc.tracking.uris import default_tracking_uri

@@ -9,9 +9,9 @@ so the server ends up with every record exactly once, as if there had been no ou
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import json
 import socket
 import tempfile
 import threading

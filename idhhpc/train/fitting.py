@@ -24,8 +24,8 @@ from idhhpc.evaluate.calibration import (
 )
 from idhhpc.evaluate.thresholds import choose_threshold
 from idhhpc.model.calibrate import calibrated_network
-from idhhpc.model.memory import fit_to_memory_budget
 from idhhpc.model.initialisation import describe_initialisation
+from idhhpc.model.memory import fit_to_memory_budget
 from idhhpc.predictor import EXPORT_FORMAT
 from idhhpc.tracking.identity import training_identity
 from idhhpc.tracking.records import epoch_logger, log_training_figure

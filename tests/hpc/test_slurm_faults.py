@@ -19,7 +19,11 @@ from idhhpc.hpc.lock import WorkDirLock
 from idhhpc.hpc.sacct import FINAL_STATES
 from idhhpc.launch import LOCK_BUSY, main
 from tests.support.jobs import tiny_overrides
-from tests.support.slurm import cluster_unavailable_reason, sacct_records, wait_for_final_state
+from tests.support.slurm import (
+    cluster_unavailable_reason,
+    sacct_records,
+    wait_for_final_state,
+)
 
 _UNAVAILABLE = cluster_unavailable_reason()
 pytestmark = [

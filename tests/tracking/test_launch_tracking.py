@@ -16,10 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 
+import mlflow
 from idhhpc.atomic import sha256_file
 from idhhpc.data.dataset import read_case
 from idhhpc.data.splits import load_splits

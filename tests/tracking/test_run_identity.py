@@ -14,12 +14,18 @@ from idhhpc.tracking.metrics import (
     cam_group_rows,
     cam_metrics,
     epoch_metrics,
+    evaluation_metrics,
     hidden_chart_metrics,
     launch_metrics,
-    evaluation_metrics,
 )
 from idhhpc.tracking.tags import ENTRY_POINTS, module_file, source_tags
-from idhhpc.tracking.views import SHARED_VIEW_TAG, decode_state, same_view, shared_view_value, view_state
+from idhhpc.tracking.views import (
+    SHARED_VIEW_TAG,
+    decode_state,
+    same_view,
+    shared_view_value,
+    view_state,
+)
 from idhhpc.tune.runs import trial_params
 
 

@@ -144,7 +144,11 @@ def test_preemptions_do_not_use_up_the_time_out_budget_on_slurm(tmp_path):
     from submitit.slurm.slurm import SlurmJobEnvironment
 
     from idhhpc.hpc.jobcall import stage_call
-    from tests.support.slurm import cluster_unavailable_reason, sacct_records, wait_for_final_state
+    from tests.support.slurm import (
+        cluster_unavailable_reason,
+        sacct_records,
+        wait_for_final_state,
+    )
 
     reason = cluster_unavailable_reason()
     if reason:
