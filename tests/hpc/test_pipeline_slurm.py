@@ -75,7 +75,7 @@ def test_full_chain_runs_to_report_and_gallery(chain) -> None:
     assert list(rows) == ["cohort", "preprocess", "preprocess-merge", "split", "cv", "cv-summary", "fit", "evaluate",
                           "explain", "finish"]
     assert {row[0] for row in rows.values()} == {"COMPLETED"}
-    assert "parent run" in chain["out"]
+    assert "this launch:" in chain["out"]  # the link to the launch (parent) run
     cv_job = rows["cv"][1]
     assert [r["State"] for r in sacct_records(cv_job.split("_")[0])] == ["COMPLETED", "COMPLETED"]
     assert not (work / ".idhhpc.lock").exists()  # the finish job gave the work dir back
