@@ -34,7 +34,7 @@ def job(root: Path, args: argparse.Namespace, *overrides: str) -> JobConfig:
     return load_job(None, [
         f"work_dir={root / 'work'}", f"data.root={root / 'cohort'}", f"data.phantom.patients={args.patients}",
         "data.phantom.shape=[48,48,32]", "data.min_patients=8", "preprocess.size=32", "split.folds=2",
-        "split.test_fraction=0.2", "model.variant=b0", "model.trainable_stages=2", "train.micro_batch=2",
+        "split.test_fraction=0.2", "model.variant=b0", "model.trainable_stages=2", "model.freeze_batchnorm=true", "train.micro_batch=2",
         "train.accumulate=1", "train.augment=false", "train.amp='off'", "train.device=cpu", f"tune.space={SPACE}",
         f"tune.epochs={args.epochs}", f"tune.num_samples={args.samples}", "tune.max_concurrent=2",
         "tune.cpus_per_trial=1", "tune.searcher=random", "tune.grace_period=1",

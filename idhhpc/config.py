@@ -83,15 +83,47 @@ class SplitConfig(Section):
 
 
 class ModelConfig(Section):
+    """The network and how it starts.
+
+    ``pretrained``: ``imagenet`` (MONAI's 2D ImageNet EfficientNet weights from the torch hub
+    cache, inflated to 3D; ``python -m idhhpc.weights fetch b7`` fills the cache on a machine with
+    internet), ``none`` (random initial weights) or the path of a local 2D state dict.
+    ``trainable_stages`` left unset trains every stage without pretrained weights and the study's
+    last two stages (plus the head) with them; a frozen random prefix happens only when asked for.
+    ``freeze_batchnorm`` makes every BatchNorm, the trained ones included, normalise with its
+    running statistics; frozen stages always do. ``pretrained_fallback: scratch`` trains every
+    stage from random weights, and says so, when the ImageNet weights cannot be had.
+    """
+
     variant: Literal["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"] = "b7"
-    trainable_stages: int = Field(2, ge=-1)
+    pretrained: Literal["imagenet", "none"] | Path = "none"
+    pretrained_fallback: Literal["fail", "scratch"] = "fail"
+    trainable_stages: int | None = Field(None, ge=-1)
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
-    pretrained_2d: Path | None = None
     activation_checkpointing: bool = False
     channels_last: bool = False
     bn_momentum: float = Field(0.1, gt=0, le=1)
     calibration_samples: int = Field(32, ge=0)
-    freeze_batchnorm: bool = True
+    freeze_batchnorm: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_and_short_spellings(cls, data: Any) -> Any:
+        """``pretrained_2d`` (the old name of a local file) still loads; null means none; "all" is -1."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "pretrained_2d" in data:
+            old = data.pop("pretrained_2d")
+            if old is not None and data.get("pretrained") not in (None, "none", old):
+                raise ValueError("model.pretrained_2d is the old name of model.pretrained; set only model.pretrained")
+            if old is not None or "pretrained" not in data:
+                data["pretrained"] = old
+        if "pretrained" in data and data["pretrained"] is None:
+            data["pretrained"] = "none"
+        if data.get("trainable_stages") == "all":
+            data["trainable_stages"] = -1
+        return data
 
 
 class TrainConfig(Section):

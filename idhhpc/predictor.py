@@ -89,8 +89,7 @@ class Predictor:
 def trained_network(config: JobConfig, weights: dict[str, torch.Tensor]) -> nn.Module:
     """The job's network with ``weights``; pretrained 2D weights are not loaded first, since the
     trained weights replace them and their file need not exist where the model is used."""
-    config = config.model_copy(update={"model": config.model.model_copy(update={"pretrained_2d": None})})
-    model = build_network(config)
+    model = build_network(config, load_pretrained=False)
     model.load_state_dict(weights)
     return model
 

@@ -45,10 +45,10 @@ def calibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> in
 
 def calibrated_network(config: JobConfig, train_ds: Dataset) -> IDHNet:
     """A new network whose BatchNorm statistics come from the first training volumes, unless
-    ImageNet weights (with their own statistics) were loaded."""
+    pretrained weights (with their own statistics) were loaded."""
     model = build_network(config)
     count = min(config.model.calibration_samples, len(train_ds))
-    if config.model.pretrained_2d is None and count:
+    if not model.initialisation.pretrained and count:
         # drop_last: a lone volume has no batch statistics once the maps shrink to one voxel
         batches = DataLoader(Subset(train_ds, range(count)), batch_size=max(2, config.train.micro_batch),
                              drop_last=count >= 2)

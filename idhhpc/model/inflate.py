@@ -17,6 +17,8 @@ from torch import nn
 
 STEM_KEY = "_conv_stem.weight"
 CLASSIFIER_PREFIX = "_fc."
+COUNTER_SUFFIX = "num_batches_tracked"
+"""BatchNorm step counters: files saved without them are fine (they only matter with momentum=None)."""
 WRAPPER_KEYS = ("state_dict", "model")
 _MONAI_STAGE_INDEX = re.compile(r"^(_blocks)\.\d+(\.\d+\..+)$")
 _SHOWN = 5
@@ -48,7 +50,8 @@ def inflate_2d_state_dict(state_2d: dict, model3d: nn.Module, in_channels: int) 
     _check_matches(source, targets, model3d.variant)
     result = model3d.state_dict()
     for key, target in targets.items():
-        result[f"net.{key}"] = _inflate_tensor(key, source[key], target, in_channels)
+        value = source.get(key, target)  # only counters may be absent (see _check_matches)
+        result[f"net.{key}"] = _inflate_tensor(key, value, target, in_channels)
     return result
 
 
@@ -80,7 +83,7 @@ def _to_monai_layout(state_2d: dict, targets: dict) -> dict:
 
 def _check_matches(source: dict, targets: dict, variant: str) -> None:
     provided = {k for k in source if not k.startswith(CLASSIFIER_PREFIX)}
-    missing = sorted(set(targets) - provided)
+    missing = sorted(k for k in set(targets) - provided if not k.endswith(COUNTER_SUFFIX))
     unexpected = sorted(provided - set(targets))
     wrong_shape = [
         f"{k} {tuple(source[k].shape)} vs expected {_expected_2d_shape(k, targets[k])}"

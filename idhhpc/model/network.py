@@ -10,6 +10,7 @@ the graph through them for Grad-CAM.
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 from typing import Iterator
 
@@ -21,6 +22,14 @@ from torch.utils.checkpoint import checkpoint
 from idhhpc.config import JobConfig
 from idhhpc.constants import MODALITIES
 from idhhpc.model.inflate import load_pretrained_2d
+from idhhpc.model.initialisation import (
+    Initialisation,
+    default_trainable_stages,
+    num_frozen_stages,
+    resolve_initialisation,
+)
+
+log = logging.getLogger(__name__)
 
 VARIANTS = tuple(f"b{i}" for i in range(8))
 
@@ -60,9 +69,11 @@ class IDHNet(nn.Module):
         self.variant = variant_name(variant)
         self.activation_checkpointing = activation_checkpointing
         self.channels_last = channels_last
-        self.num_frozen_stages = _num_frozen_stages(len(net._blocks), trainable_stages)
+        self.num_frozen_stages = num_frozen_stages(len(net._blocks), trainable_stages)
         self.stem_frozen = self.num_frozen_stages > 0
         self._explaining = False
+        self.initialisation: Initialisation | None = None
+        """What :func:`build_network` started it from (None when built directly)."""
         for module in self.frozen_modules():
             module.requires_grad_(False)
         if channels_last:
@@ -151,20 +162,12 @@ class IDHNet(nn.Module):
         return net._fc(net._dropout(x))
 
 
-def _num_frozen_stages(num_stages: int, trainable_stages: int) -> int:
-    if trainable_stages < -1:
-        raise ValueError(f"trainable_stages must be -1 (all) or >= 0, got {trainable_stages}")
-    if trainable_stages == -1 or trainable_stages >= num_stages:
-        return 0
-    return num_stages - trainable_stages
-
-
 def build_model(
     variant: str = "b7",
     in_channels: int = len(MODALITIES),
     num_classes: int = 2,
     dropout: float = 0.2,
-    trainable_stages: int = 2,
+    trainable_stages: int | None = None,
     activation_checkpointing: bool = False,
     channels_last: bool = False,
     pretrained_2d: str | Path | None = None,
@@ -173,13 +176,16 @@ def build_model(
 ) -> IDHNet:
     """Build the 3D classifier; ``pretrained_2d`` names a local 2D MONAI state dict to inflate.
 
-    The keywords are the fields of :class:`~idhhpc.config.ModelConfig` (see :func:`build_network`).
+    ``trainable_stages=None`` trains every stage of a random network and the last two stages (plus
+    the head) of a pretrained one, as :func:`build_network` does for an unset ``model.trainable_stages``.
     ``bn_momentum`` defaults to PyTorch's 0.1 rather than TensorFlow's 0.01 (MONAI's default):
     a fine-tuning run on a few hundred volumes makes too few steps for 0.01 to track the
     trainable stages' statistics, and validation then sees stale ones. The new classifier starts
     near zero (std 0.01), so the first logits are about 0 (loss log 2) instead of MONAI's ±10.
     """
     name = variant_name(variant)
+    if trainable_stages is None:
+        trainable_stages = default_trainable_stages(pretrained_2d is not None)
     net = EfficientNetBN(
         name, pretrained=False, spatial_dims=3, in_channels=in_channels, num_classes=num_classes,
         norm=("batch", {"eps": 1e-3, "momentum": bn_momentum}),
@@ -193,14 +199,24 @@ def build_model(
     return model
 
 
-NOT_NETWORK_FIELDS = frozenset({"calibration_samples"})
-"""ModelConfig fields that shape training around the network rather than the network itself."""
+def build_network(config: JobConfig, load_pretrained: bool = True) -> IDHNet:
+    """The job's network, its weights and freezing from :func:`resolve_initialisation` (logged in
+    one line); initial weights come from ``config.seed`` (without touching the global RNG), so two
+    runs of one config, or a requeued run and an uninterrupted one, start alike.
 
-
-def build_network(config: JobConfig) -> IDHNet:
-    """The job's network; initial weights come from ``config.seed`` (without touching the global
-    RNG), so two runs of one config, or a requeued run and an uninterrupted one, start alike."""
-    fields = config.model.model_dump(exclude=set(NOT_NETWORK_FIELDS))
+    ``load_pretrained=False`` builds the same network without reading pretrained weights, for
+    trained weights that replace them (the file need not exist where a model is used).
+    """
+    init = resolve_initialisation(config.model, download=load_pretrained)
+    m = config.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        return build_model(in_channels=len(config.data.modalities), **fields)
+        model = build_model(m.variant, len(config.data.modalities), dropout=m.dropout,
+                            trainable_stages=init.trainable_stages, activation_checkpointing=m.activation_checkpointing,
+                            channels_last=m.channels_last, pretrained_2d=init.source if load_pretrained else None,
+                            bn_momentum=m.bn_momentum, freeze_batchnorm=init.freeze_batchnorm)
+    model.initialisation = init
+    if load_pretrained:
+        doubtful = bool(init.note) or (init.frozen_stages > 0 and not init.pretrained)
+        log.log(logging.WARNING if doubtful else logging.INFO, "network: %s", init.describe())
+    return model

@@ -17,7 +17,7 @@ TINY_OVERRIDES = [
     "data.phantom={patients: 16, seed: 0, shape: [48, 48, 32], crossover: 0.1}",
     "preprocess={size: 32, shard_size: 6}",
     "split.folds=2",
-    "model={variant: b0, trainable_stages: 2}",
+    "model={variant: b0, trainable_stages: 2, freeze_batchnorm: true}",
     "train={epochs: 1, micro_batch: 2, accumulate: 1, num_workers: 0, patience: 2}",
     "evaluate.bootstrap=100",
     "explain.max_cases=2",
@@ -31,7 +31,7 @@ TUNE_OVERRIDES = [
     "data.min_patients=4",
     "preprocess={size: 32, shard_size: 8}",
     "split={folds: 2, test_fraction: 0.2, val_fraction: 0.2}",
-    "model={variant: b0, trainable_stages: 1}",
+    "model={variant: b0, trainable_stages: 1, freeze_batchnorm: true}",
     "train={epochs: 8, micro_batch: 2, accumulate: 1, max_lr: 0.0001, loss: ce, augment: false, num_workers: 0, "
     "patience: 8, amp: 'off', device: cpu}",
     f"tune.space={SPACE}", "tune.epochs=2", "tune.num_samples=4", "tune.max_concurrent=2", "tune.cpus_per_trial=1",
