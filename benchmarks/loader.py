@@ -3,9 +3,11 @@
     python benchmarks/loader.py [--patients 8] [--shape 240 240 155] [--size 128] [--workers 2]
     python benchmarks/loader.py --compare-compression [--patients 4]
 
-The memmap reads exactly the float16 bytes a shard stores, uncompressed, through the same
-DataLoader: the limit for any file format. ``--compare-compression`` measures write/read speed
-and size of every shard compression (the numbers quoted in ``idhhpc.data.shards``).
+Shards are written with the compression that ships (``PreprocessConfig().compression``, the
+default of ``preprocess.compression``) unless ``--compression`` says otherwise. The memmap reads
+exactly the float16 bytes a shard stores, uncompressed, through the same DataLoader: the limit
+for any file format. ``--compare-compression`` measures write/read speed and size of every shard
+compression (the numbers quoted in ``idhhpc.data.shards``).
 """
 
 from __future__ import annotations
@@ -112,7 +114,8 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=(240, 240, 155))
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--compression", default="zstd", choices=COMPRESSIONS)
+    parser.add_argument("--compression", default=PreprocessConfig().compression, choices=COMPRESSIONS,
+                        help="default: the compression that ships (preprocess.compression)")
     parser.add_argument("--compare-compression", action="store_true")
     args = parser.parse_args()
     settings = PreprocessConfig(size=args.size)

@@ -1,8 +1,12 @@
 """Training throughput of one optimizer step setup, fp32 against AMP, printed as a table of ratios.
 
 CPU (default when no GPU): ``--variant b0 --size 48 --accumulate 2``, fp32 vs bf16 autocast.
-CUDA: B7 at 128³, effective batch 16, fp32 vs AMP vs AMP+channels_last, each under
-``set_per_process_memory_fraction`` emulating a 4 GiB card, with peak allocated memory.
+CUDA: B7 at 128³, effective batch 16, fp32 with TF32 off (the baseline: true fp32) vs fp32 with
+TF32 convolutions and matmuls vs AMP vs AMP+channels_last (TF32 off), each under
+``set_per_process_memory_fraction`` emulating a 4 GiB card, with peak allocated memory. Every
+row names its TF32 setting (``torch.backends.cuda.matmul.allow_tf32`` and
+``torch.backends.cudnn.allow_tf32``, read back after setting them); PyTorch's default turns TF32
+on for cuDNN convolutions, so an "fp32" row that does not say otherwise is not fp32.
 
     python benchmarks/train_step.py [--variant b0] [--size 48] [--micro-batch 2] [--accumulate 8] [--steps 3]
 """
@@ -27,6 +31,7 @@ class Case:
     name: str
     amp: str
     channels_last: bool
+    tf32: bool = False
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,8 +50,19 @@ def parse_args() -> argparse.Namespace:
 
 def cases(device: torch.device) -> list[Case]:
     if device.type == "cuda":
-        return [Case("fp32", "off", False), Case("amp", "auto", False), Case("amp+channels_last", "auto", True)]
+        return [Case("fp32", "off", False), Case("fp32 + TF32", "off", False, tf32=True), Case("amp", "auto", False),
+                Case("amp+channels_last", "auto", True)]
     return [Case("fp32", "off", False), Case("bf16 autocast", "bf16", False)]
+
+
+def set_tf32(device: torch.device, enabled: bool) -> str:
+    """Set both TF32 switches and return what they read back, for the row's label."""
+    if device.type != "cuda":
+        return "n/a"
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    return "on" if matmul and conv else "off" if not (matmul or conv) else f"matmul {matmul}, conv {conv}"
 
 
 def run_case(case: Case, args: argparse.Namespace, device: torch.device) -> dict:
@@ -93,12 +109,13 @@ def print_header(args: argparse.Namespace, device: torch.device) -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device={device} ({name}), torch {torch.__version__}, variant={args.variant}, size={args.size}^3, "
           f"micro_batch={args.micro_batch}, accumulate={args.accumulate}, timed optimizer steps={args.steps}")
-    print(f"{'case':<20} {'samples/s':>10} {'vs fp32':>8} {'peak GiB':>9}", flush=True)
+    print(f"{'case':<20} {'TF32':>5} {'samples/s':>10} {'vs fp32':>8} {'peak GiB':>9}", flush=True)
 
 
 def print_row(row: dict, baseline: float) -> None:
     ratio = row["samples_per_s"] / baseline
-    print(f"{row['name']:<20} {row['samples_per_s']:>10.2f} {ratio:>8.2f} {row['peak_gib']:>9.2f}", flush=True)
+    print(f"{row['name']:<20} {row['tf32']:>5} {row['samples_per_s']:>10.2f} {ratio:>8.2f} {row['peak_gib']:>9.2f}",
+          flush=True)
 
 
 def main() -> None:
@@ -110,10 +127,12 @@ def main() -> None:
     print_header(args, device)
     baseline = None
     for case in cases(device):
+        tf32 = set_tf32(device, case.tf32)
         try:
             row = run_case(case, args, device)
         except torch.OutOfMemoryError:
             row = {"name": case.name + " (OOM)", "samples_per_s": float("nan"), "peak_gib": float("nan")}
+        row["tf32"] = tf32
         baseline = baseline or row["samples_per_s"]
         print_row(row, baseline)
         if device.type == "cuda":

@@ -5,18 +5,20 @@ both are written atomically. A run killed at any moment therefore leaves either 
 checksummed pair or something :func:`build_shard` rebuilds and :func:`merge_index` rejects.
 
 Compression, measured with ``python benchmarks/loader.py --compare-compression --patients 4``
-(4 phantom patients, 128³ images + masks, 84 MB raw; 2 shared CPU cores; ratio = raw/stored,
-speeds in MB/s of raw data, reads from the page cache):
+(4 phantom patients, 128³ images + masks, 84 MB raw; 2 CPU cores shared with other work, so
+speeds are noisy; ratio = raw/stored, speeds in MB/s of raw data, reads from the page cache):
 
-    none        1.00×  write 1370  read 13200
-    lzf         4.15×  write  403  read   545
-    gzip1       4.79×  write  211  read   653   (gzip2 4.84×/187/659, gzip3 4.89×/179/575,
-                                                 gzip4 4.98×/133/352)
-    zstd        4.81×  write  318  read  1978   (Blosc + zstd level 3 + byte shuffle)
-    zstd5       5.18×  write  177  read  1741;  plain hdf5plugin.Zstd(3): 4.69×/395/1808
+    none        1.00×  write  686  read 5455
+    lzf         4.15×  write  246  read  400
+    gzip1       4.79×  write   84  read  278   (gzip2 4.84×/160/539, gzip3 4.89×/137/442,
+                                                 gzip4 4.98×/115/323)
+    zstd        4.81×  write  125  read 1537   (Blosc + zstd level 3 + byte shuffle)
+    zstd5       5.18×  write  120  read 2096;  plain hdf5plugin.Zstd(3): 4.69×/400/2158
 
-Blosc-zstd-3 with byte shuffle compresses as well as gzip and reads 3× faster, so it is the
-default (reading happens every epoch, writing once). "none" suits a fast local scratch disk.
+Blosc-zstd-3 with byte shuffle compresses as well as gzip and reads about 4× faster than lzf,
+so it is the default of ``preprocess.compression`` (reading happens every epoch, writing once;
+``hdf5plugin`` supplies the filter, a dependency of the package). "none" suits a fast local
+scratch disk.
 """
 
 from __future__ import annotations
