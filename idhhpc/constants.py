@@ -34,7 +34,7 @@ TUMOR_SUBREGIONS = {"necrosis": NECROSIS, "edema": EDEMA, "enhancing": ENHANCING
 
 # --- the pipeline -------------------------------------------------------------------------------
 
-STAGES = ("cohort", "preprocess", "split", "tune", "cv", "fit", "evaluate", "explain")
+STAGES = ("cohort", "preprocess", "split", "features", "tune", "cv", "fit", "evaluate", "explain")
 """Every stage, in pipeline order."""
 
 # --- file names inside a work dir (``idhhpc.workdir.WorkDir`` composes the paths) -------------

@@ -125,10 +125,13 @@ def submit_to_slurm(steps: list[Step], config: JobConfig, folder: Path,
         if step.name in skip:
             records.append(StepRecord(step.name, state=SKIPPED))
             continue
+        tasks = step.tasks(config)
+        if not tasks:  # nothing to do (features without a frozen prefix): dependents look past it
+            records.append(StepRecord(step.name, state="COMPLETED"))
+            continue
         dependency = _dependency(_submitted_ancestors(step.name, after, jobs_by_step), jobs_by_step)
         resources = config.hpc.for_stage(step.stage)
         executor = make_executor("slurm", folder, resources, f"idhhpc-{step.name}", dependency)
-        tasks = step.tasks(config)
         function = step.function
         if len(tasks) == 1:
             jobs = [executor.submit(function, config, *tasks[0])]

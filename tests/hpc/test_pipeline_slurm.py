@@ -67,7 +67,8 @@ def test_full_chain_runs_to_report_and_gallery(chain) -> None:
     assert (work / "reports" / "report.md").is_file()
     assert (work / "reports" / "explain" / "gallery.md").is_file()
     rows = table_rows(chain["out"])
-    assert list(rows) == ["cohort", "preprocess", "preprocess-merge", "split", "cv", "fit", "evaluate", "explain"]
+    assert list(rows) == ["cohort", "preprocess", "preprocess-merge", "split", "features", "cv", "fit", "evaluate",
+                          "explain"]
     assert {row[0] for row in rows.values()} == {"COMPLETED"}
     assert "parent run" in chain["out"]
     cv_job = rows["cv"][1]
