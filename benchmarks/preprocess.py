@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -26,7 +26,10 @@ import numpy as np
 from idhhpc.config import PreprocessConfig
 from idhhpc.constants import MODALITIES
 from idhhpc.data.cases import CaseFiles
-from idhhpc.data.preprocess import _read_nifti, preprocess_case  # the decoder preprocess_case uses
+from idhhpc.data.preprocess import (  # the decoder preprocess_case uses
+    _read_nifti,
+    preprocess_case,
+)
 
 
 def _synthetic_patient(folder: Path, pid: str, shape: tuple[int, int, int], rng: np.random.Generator) -> None:

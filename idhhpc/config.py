@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from idhhpc.atomic import atomic_write_text
-from idhhpc.constants import MODALITIES, STAGES
+from idhhpc.constants import COORDINATE_CHANNELS, MODALITIES, STAGES
 
 
 class ConfigError(ValueError):
@@ -46,6 +54,9 @@ class DataConfig(Section):
     use_bias_corrected: bool = False
     min_patients: int = Field(10, ge=1)
     phantom: PhantomConfig | None = None
+    oracle_csv: Path | None = None
+    """Each patient's Bayes-optimal score (``patient_id`` and ``llr`` or ``prob_mutant``), when the
+    cohort is a phantom with a known optimum; default ``oracle.csv`` beside the data, if present."""
 
     @model_validator(mode="after")
     def _layout_needs_its_source(self) -> "DataConfig":
@@ -66,6 +77,23 @@ class PreprocessConfig(Section):
     nan_policy: Literal["repair", "quarantine"] = "repair"
     shard_size: int = Field(16, ge=1)
     compression: Literal["none", "lzf", "gzip", "zstd"] = "zstd"  # measured in idhhpc/data/shards.py
+    roi: Literal["brain", "tumor"] = "brain"
+    """What the cube holds: the whole brain, or the region around the tumour segmentation (the mask
+    chooses the crop; the network's input stays the four modalities). ``tumor`` needs a tumour
+    segmentation for every patient, at prediction time too."""
+    roi_margin: float = Field(0.25, ge=0.0, le=2.0)
+    """With roi tumor: share of the tumour box's longest side added on each side."""
+    roi_min_side: int = Field(0, ge=0)
+    """With roi tumor: smallest cube side in native voxels (small tumours get some context)."""
+    coordinates: bool = False
+    """Append three channels holding each voxel's position in the patient's brain box (-1 to 1
+    along R, A, S): with roi tumor they tell the network where in the brain the tumour lies
+    (IDH-mutant gliomas favour the frontal lobe), the whole-brain context a tight crop loses."""
+
+    @property
+    def extra_channels(self) -> int:
+        """Channels the network sees beyond the modalities."""
+        return COORDINATE_CHANNELS if self.coordinates else 0
 
     @field_validator("clip_percentiles")
     @classmethod
@@ -130,7 +158,7 @@ class CacheConfig(Section):
     """The frozen-prefix feature cache (stage ``features``), used when pretrained weights feed a
     frozen prefix: ``cv``, ``fit`` and ``tune`` then train only the tail, from stored prefix outputs.
 
-    ``views`` augmented views per patient are computed once when ``train.augment`` is on (an
+    ``views`` augmented views per patient are computed once when ``train.augment`` is not off (an
     epoch draws one per patient); 0 keeps only the unaugmented view, and augmented training then
     goes through the full network. ``float32`` keeps training from the cache equal to training
     through the network; ``float16`` halves the disk. ``batch_size`` unset is ``train.micro_batch``:
@@ -157,23 +185,45 @@ class TrainConfig(Section):
     final_div_factor: float = Field(1e4, gt=0)
     loss: Literal["focal", "ce"] = "focal"
     focal_gamma: float = Field(2.0, ge=0)
-    focal_alpha: float | None = Field(0.75, ge=0, le=1)
+    focal_alpha: float | None = Field(None, ge=0, le=1)
+    """Weight of the mutant class in the focal loss (wildtype gets 1 - alpha); None: no weighting
+    beyond ``balance``. Setting it with ``balance: sampler`` weights mutants twice."""
+    balance: Literal["sampler", "loss", "none"] = "sampler"
+    """One class-balancing mechanism: a class-balanced sampler (each class drawn equally often),
+    class weights in the loss (inverse class frequency), or none."""
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     grad_clip: float | None = Field(1.0, gt=0)
     num_workers: int = Field(2, ge=0)
-    select_metric: Literal["val/auc", "val/loss"] = "val/auc"
+    select_metric: Literal["last", "val/auc", "val/loss"] = "last"
+    """The model kept: the last epoch (the default, so validation patients never choose the model and
+    out-of-fold predictions stay honest), or the epoch best by a validation metric."""
     patience: int = Field(10, ge=1)
-    augment: bool = True
+    """With a validation select_metric: stop after this many epochs without improvement."""
+    augment: Literal["off", "flips", "full"] = "full"
+    """3D augmentation of training volumes: none, random flips along every axis (label-preserving
+    for a tumour-centred cube), or flips plus small rotations/scaling, bias field and intensity
+    jitter. ``true``/``false`` mean full/off."""
     checkpoint_every_steps: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     memory_budget_gb: float | None = Field(None, gt=0)
     """When set, micro_batch becomes the largest divisor of micro_batch x accumulate whose measured
     training memory fits this budget (accumulate grows to keep the effective batch)."""
 
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_from_bool(cls, value: object) -> object:
+        return {True: "full", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
 
 class EvaluateConfig(Section):
     threshold: Literal["f1", "youden"] = "f1"
     bootstrap: int = Field(1000, ge=100)
+    calibration: Literal["temperature", "none"] = "temperature"
+    """Temperature scaling of each model's probabilities, fitted on its own validation patients."""
+    ensemble: Literal["folds", "fit"] = "folds"
+    """The headline test model: the mean of the k fold models (as nnU-Net does; their threshold is
+    chosen on the pooled out-of-fold predictions) or the final fit. The report shows both when both
+    exist; with no fold models ``folds`` falls back to the fit."""
 
 
 class ExplainConfig(Section):
@@ -225,6 +275,51 @@ class Resources(Section):
     extra_sbatch: dict[str, str] = Field(default_factory=dict)
     setup: list[str] = Field(default_factory=list)
 
+    # These values are written into sbatch scripts: a newline would start a new shell line there
+    # and silently drop every #SBATCH line after it, so control characters are refused here.
+    @field_validator("partition", "account", "qos", "constraint")
+    @classmethod
+    def _one_word(cls, value: str | None) -> str | None:
+        if value is not None and (CONTROL_CHARACTERS.search(value) or not value.strip() or " " in value):
+            raise ValueError(f"{value!r}: must be one word without spaces, newlines or other control characters")
+        return value
+
+    @field_validator("extra_sbatch")
+    @classmethod
+    def _plain_sbatch_options(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, item in value.items():
+            if not _SBATCH_KEY.match(key):
+                raise ValueError(f"extra_sbatch key {key!r}: not an sbatch option name (letters, digits, '-' or '_')")
+            option = key.replace("_", "-")
+            if option in _SET_ELSEWHERE:
+                raise ValueError(f"extra_sbatch key {key!r}: set by idhhpc ({_SET_ELSEWHERE[option]})")
+            if CONTROL_CHARACTERS.search(str(item)):
+                raise ValueError(f"extra_sbatch.{key}: newlines and other control characters are not allowed")
+        return value
+
+    @field_validator("setup")
+    @classmethod
+    def _one_line_each(cls, value: list[str]) -> list[str]:
+        for position, line in enumerate(value):
+            if CONTROL_CHARACTERS.search(line.replace("\t", " ")):
+                raise ValueError(f"setup[{position}] {line!r}: one shell line per entry, without newlines or NUL")
+        return value
+
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+"""Newline, carriage return, NUL, tab, ...: never allowed in what goes into an sbatch script."""
+_SBATCH_KEY = re.compile(r"^[A-Za-z][A-Za-z0-9]*(?:[-_][A-Za-z0-9]+)*$")
+_SET_ELSEWHERE = {
+    **{option: "submitit writes it" for option in ("output", "error", "signal", "array", "job-name", "open-mode",
+                                                  "wrap", "parsable")},
+    "dependency": "the launcher chains the steps", "kill-on-invalid-dep": "the launcher chains the steps",
+    **{option: f"use hpc.resources.{field}" for option, field in (
+        ("time", "time_min"), ("partition", "partition"), ("nodes", "nodes"), ("ntasks-per-node", "tasks_per_node"),
+        ("cpus-per-task", "cpus_per_task"), ("gpus-per-node", "gpus_per_node"), ("mem", "mem_gb"),
+        ("account", "account"), ("qos", "qos"), ("constraint", "constraint"))},
+}
+"""sbatch options idhhpc or submitit already set: a second value would silently win or lose."""
+
 
 class HpcConfig(Section):
     executor: Literal["debug", "local", "slurm"] = "local"
@@ -238,18 +333,44 @@ class HpcConfig(Section):
         for stage, override in value.items():
             if stage not in STAGES:
                 raise ValueError(f"unknown stage {stage!r} in hpc.stages; allowed: {', '.join(STAGES)}")
-            Resources(**override)
+            try:
+                Resources(**override)
+            except ValidationError as err:
+                problem = err.errors()[0]
+                key = ".".join(str(part) for part in problem["loc"])
+                raise ValueError(f"hpc.stages.{stage}.{key}: {problem['msg']}") from None
         return value
 
     @model_validator(mode="after")
     def _one_task_per_gpu(self) -> "HpcConfig":
-        """Training runs one DDP rank per GPU; more GPUs than tasks would sit idle."""
+        """Training runs one DDP rank per GPU; more GPUs than tasks would sit idle, fewer would
+        put two NCCL ranks on one GPU (which NCCL refuses)."""
         for stage in ("cv", "fit"):
             resources = self.for_stage(stage)
-            if resources.gpus_per_node > 1 and resources.tasks_per_node != resources.gpus_per_node:
+            if resources.gpus_per_node >= 1 and resources.tasks_per_node != resources.gpus_per_node:
                 raise ValueError(f"hpc.stages.{stage}: gpus_per_node={resources.gpus_per_node} needs "
                                  f"tasks_per_node={resources.gpus_per_node} (one training task per GPU), "
                                  f"got {resources.tasks_per_node}")
+        return self
+
+    @model_validator(mode="after")
+    def _tasks_the_executor_can_run(self) -> "HpcConfig":
+        """Only cv and fit split their work over tasks (data parallelism): any other stage would run
+        its whole work once per task, all writing the same files. The local executor has one node,
+        the debug executor runs one task in the launcher's own process."""
+        for stage in STAGES:
+            resources = self.for_stage(stage)
+            tasks = resources.nodes * resources.tasks_per_node
+            if stage not in ("cv", "fit") and tasks > 1:
+                raise ValueError(f"hpc.stages.{stage}: nodes={resources.nodes} x tasks_per_node="
+                                 f"{resources.tasks_per_node} would run {stage} {tasks} times at once; only cv and "
+                                 "fit run data-parallel over several tasks")
+            if self.executor == "local" and resources.nodes > 1:
+                raise ValueError(f"hpc.stages.{stage}: nodes={resources.nodes} needs the slurm executor "
+                                 "(the local executor runs on this machine only)")
+            if self.executor == "debug" and tasks > 1:
+                raise ValueError(f"hpc.stages.{stage}: {tasks} tasks need --executor local or slurm "
+                                 "(debug runs one task inside the launcher)")
         return self
 
     def for_stage(self, stage: str) -> Resources:

@@ -24,6 +24,8 @@ MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
     "T2": ("T2",),
 }
 """File-name spellings of each modality met in UCSF-PDGM copies and users' own folders."""
+COORDINATE_CHANNELS = 3
+"""With ``preprocess.coordinates`` the network input ends with the R, A, S position of each voxel."""
 BRAIN_MASK_SUFFIX = "brain_segmentation"
 TUMOR_MASK_SUFFIX = "tumor_segmentation"
 
@@ -33,6 +35,9 @@ TUMOR_LABELS = (0, NECROSIS, EDEMA, ENHANCING)
 TUMOR_SUBREGIONS = {"necrosis": NECROSIS, "edema": EDEMA, "enhancing": ENHANCING}
 
 # --- the pipeline -------------------------------------------------------------------------------
+
+EPOCH_COUNTERS = ("epoch", "optimizer_step")
+"""Counters in the trainer's per-epoch records: the x axis of training curves, never a curve."""
 
 STAGES = ("cohort", "preprocess", "split", "features", "tune", "cv", "fit", "evaluate", "explain")
 """Every stage, in pipeline order."""
@@ -50,10 +55,15 @@ MODEL_FILE = "model.pt"
 BEST_CHECKPOINT = "best.pt"
 LAST_CHECKPOINT = "last.pt"
 REPORT_FILE = "report.md"
+REPORT_HTML_FILE = "report.html"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
+OOF_PREDICTIONS_FILE = "oof_predictions.csv"
+CV_SUMMARY_FILE = "summary.json"
 GALLERY_FILE = "gallery.md"
 GALLERY_HTML_FILE = "gallery.html"
 CAM_STATISTICS_FILE = "cam_statistics.json"
 MLFLOW_STORE_FILE = "mlflow.db"
 MLFLOW_ARTIFACT_DIR = "mlartifacts"
+LOCK_FILE = ".idhhpc.lock"
+"""Who runs in a work dir now (a local launch or a Slurm chain): see ``idhhpc.hpc.lock``."""

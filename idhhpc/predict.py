@@ -2,6 +2,10 @@
 
     python -m idhhpc.predict --checkpoint runs/dryrun/checkpoints/fit/model.pt \\
         --patient /data/UCSF-PDGM-0004_nifti [--out DIR] [--device cpu|cuda|auto]
+    python -m idhhpc.predict --model models:/idhhpc-idh-b0/1 --patient ... [--tracking-uri URI]
+
+``--model`` takes a registered MLflow model instead of the file (``models:/NAME/VERSION`` or
+any model URI; the registry is ``--tracking-uri``, else ``$MLFLOW_TRACKING_URI``).
 
 Prints the mutant probability and the class at the threshold chosen on validation, and writes
 Grad-CAM overlays, CAM NIfTIs (model space and the patient's native grid), CAM-in-tumor
@@ -14,12 +18,14 @@ folder that is renamed into place.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -42,11 +48,17 @@ class InvalidInput(ValueError):
     """A model file or patient folder that cannot be used; the message says which file and why."""
 
 
-def predict(checkpoint: Path, patient_dir: Path, out: Path | None = None, device: str = "auto") -> dict[str, Any]:
+def predict(checkpoint: Path, patient_dir: Path, out: Path | None = None, device: str = "auto",
+            tumor_mask: Path | None = None, model_uri: str | None = None) -> dict[str, Any]:
     """Validate, preprocess, predict and explain one patient; raises :class:`InvalidInput` before
-    writing anything when the checkpoint, the device or the patient's files cannot be used."""
+    writing anything when the checkpoint, the device or the patient's files cannot be used.
+
+    ``tumor_mask`` replaces the folder's ``*_tumor_segmentation.nii.gz``; a model trained on the
+    tumour region (``preprocess.roi: tumor``) needs one of the two. ``model_uri`` names where
+    ``checkpoint`` came from (a registered model) in the outputs.
+    """
     predictor = _load(Path(checkpoint), _device(device))
-    case_files = find_patient_files(Path(patient_dir), predictor)
+    case_files = find_patient_files(Path(patient_dir), predictor, tumor_mask)
     case = preprocess_patient(case_files, predictor)
     prob = predictor.predict_image(case.image)
     predicted = int(prob >= predictor.threshold)
@@ -54,7 +66,7 @@ def predict(checkpoint: Path, patient_dir: Path, out: Path | None = None, device
     result = {"patient_id": case.patient_id, "prob_mutant": prob, "predicted": predicted,
               "predicted_class": f"IDH-{CLASS_NAMES[predicted]}", "threshold": predictor.threshold,
               "threshold_method": predictor.threshold_method, "model_run": predictor.run,
-              "model_val_auc": predictor.val_auc, "checkpoint": str(Path(checkpoint).resolve()),
+              "model_val_auc": predictor.val_auc, "checkpoint": model_uri or str(Path(checkpoint).resolve()),
               "patient_dir": str(Path(patient_dir).resolve()), "device": str(predictor.device),
               "inputs": {m: str(p) for m, p in case_files.images.items()},
               "tumor_mask": str(case_files.tumor_mask) if case_files.tumor_mask else None,
@@ -76,6 +88,44 @@ def _load(checkpoint: Path, device: torch.device) -> Predictor:
         raise InvalidInput(str(err)) from None
 
 
+@contextlib.contextmanager
+def registered_export(model_uri: str, tracking_uri: str | None = None) -> Iterator[Path]:
+    """The ``model.pt`` inside an MLflow model (``models:/NAME/VERSION``), downloaded for the block."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory(prefix="idhhpc-model-") as folder, using_tracking_uri(tracking_uri):
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder))
+            artifacts = Model.load(local).flavors.get("python_function", {}).get("artifacts", {})
+        except (MlflowException, OSError) as err:
+            where = mlflow.get_tracking_uri()
+            raise InvalidInput(f"--model {model_uri}: cannot load it from {where}: {err}") from None
+        if len(artifacts) != 1:
+            raise InvalidInput(f"--model {model_uri}: not an idhhpc model (expected one model.pt artifact, "
+                               f"found {sorted(artifacts)})")
+        yield local / next(iter(artifacts.values()))["path"]
+
+
+@contextlib.contextmanager
+def using_tracking_uri(uri: str | None) -> Iterator[None]:
+    """MLflow resolves ``models:/`` and logs models through its global URI (its ``tracking_uri``
+    arguments do not reach the registry lookup): set it for the block, then restore it."""
+    if uri is None:
+        yield
+        return
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def patient_id_of(folder: Path) -> str:
     """``UCSF-PDGM-0004_nifti`` → ``UCSF-PDGM-0004``; any other folder name is taken as it is."""
     name = Path(folder).resolve().name.removesuffix("_nifti")
@@ -85,15 +135,22 @@ def patient_id_of(folder: Path) -> str:
         raise InvalidInput(f"{folder}: folder name does not give a usable patient id: {err}") from None
 
 
-def find_patient_files(folder: Path, predictor: Predictor) -> CaseFiles:
+def find_patient_files(folder: Path, predictor: Predictor, tumor_mask: Path | None = None) -> CaseFiles:
     """The patient's modalities (and masks) found and checked exactly as cohort ingestion does."""
     if not folder.is_dir():
         raise InvalidInput(f"{folder}: patient folder not found")
+    if tumor_mask is not None and not Path(tumor_mask).is_file():
+        raise InvalidInput(f"--tumor-mask {tumor_mask}: file not found")
     config = predictor.config
     case, problem = case_from_folder(patient_id_of(folder), None, folder, config.data.modalities,
-                                     config.data.use_bias_corrected, config.preprocess.affine_atol)
+                                     config.data.use_bias_corrected, config.preprocess.affine_atol,
+                                     tumor_mask=tumor_mask)
     if case is None:
         raise InvalidInput(problem)
+    if config.preprocess.roi == "tumor" and case.tumor_mask is None:
+        raise InvalidInput(f"{folder}: this model looks at the tumour region (preprocess.roi: tumor) and needs the "
+                           "patient's tumour segmentation: put *_tumor_segmentation.nii.gz in the folder or pass "
+                           "--tumor-mask FILE")
     return case
 
 
@@ -177,17 +234,27 @@ def details(result: dict[str, Any]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m idhhpc.predict", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, type=Path, help="exported model (checkpoints/fit/model.pt)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="exported model (checkpoints/fit/model.pt)")
+    source.add_argument("--model", help="registered MLflow model, e.g. models:/idhhpc-idh-b7/1")
+    parser.add_argument("--tracking-uri", help="MLflow registry of --model (default: $MLFLOW_TRACKING_URI)")
     parser.add_argument("--patient", required=True, type=Path, help="folder with the patient's FLAIR, T1, T1c, T2")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default ./idhhpc-predict/<patient_id>/)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--tumor-mask", type=Path, default=None,
+                        help="tumour segmentation (NIfTI, labels 0/1/2/4) if not in the folder; "
+                             "required by models trained with preprocess.roi: tumor")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        result = predict(args.checkpoint, args.patient, args.out, args.device)
+        if args.model:
+            with registered_export(args.model, args.tracking_uri) as export:
+                result = predict(export, args.patient, args.out, args.device, args.tumor_mask, model_uri=args.model)
+        else:
+            result = predict(args.checkpoint, args.patient, args.out, args.device, args.tumor_mask)
     except InvalidInput as err:
         print(f"refused: {err}", file=sys.stderr)
         return EXIT_INVALID_INPUT

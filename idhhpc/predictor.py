@@ -60,6 +60,8 @@ class Predictor:
     threshold_method: str
     val_auc: float
     run: str
+    temperature: float = 1.0
+    """Temperature scaling fitted on validation; ``threshold`` applies to the calibrated probability."""
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> "Predictor":
@@ -69,13 +71,14 @@ class Predictor:
         torch_device = resolve_device(device) if isinstance(device, str) else device
         model = trained_network(config, payload["model"]).to(torch_device).eval()
         return cls(model, torch_device, config, float(payload["threshold"]), str(payload["threshold_method"]),
-                   float(payload["val_auc"]), str(payload["run"]))
+                   float(payload["val_auc"]), str(payload["run"]), float(payload.get("temperature", 1.0)))
 
     @torch.no_grad()
     def predict_proba(self, dataset: Dataset, batch_size: int | None = None) -> np.ndarray:
         """P(mutant) for every item of ``dataset``, in dataset order."""
         loader = DataLoader(dataset, batch_size=batch_size or self.config.train.micro_batch, shuffle=False)
-        probs = [prob_mutant(logits).cpu() for logits, _ in iter_logits(self.model, loader, self.device)]
+        probs = [prob_mutant(logits / self.temperature).cpu()
+                 for logits, _ in iter_logits(self.model, loader, self.device)]
         return torch.cat(probs).numpy() if probs else np.zeros(0)
 
     def predict_image(self, image: np.ndarray) -> float:
@@ -83,7 +86,7 @@ class Predictor:
         batch = {"image": torch.from_numpy(np.asarray(image).astype(np.float32))[None]}
         with torch.no_grad():
             logits, _ = next(iter_logits(self.model, [batch], self.device))
-        return float(prob_mutant(logits)[0].cpu())
+        return float(prob_mutant(logits / self.temperature)[0].cpu())
 
 
 def trained_network(config: JobConfig, weights: dict[str, torch.Tensor]) -> nn.Module:

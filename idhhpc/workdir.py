@@ -86,6 +86,19 @@ class WorkDir:
         return self.reports / names.PREDICTIONS_FILE
 
     @property
+    def cv_reports(self) -> Path:
+        """Out-of-fold figures of the cv stage: every non-test patient scored by the fold that held it out."""
+        return self.reports / "cv"
+
+    @property
+    def oof_predictions(self) -> Path:
+        return self.cv_reports / names.OOF_PREDICTIONS_FILE
+
+    @property
+    def cv_summary(self) -> Path:
+        return self.cv_reports / names.CV_SUMMARY_FILE
+
+    @property
     def explanations(self) -> Path:
         return self.reports / "explain"
 
@@ -104,3 +117,7 @@ class WorkDir:
     @property
     def tracking_spool(self) -> Path:
         return self.root / "tracking-spool"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / names.LOCK_FILE

@@ -15,8 +15,22 @@
 # Ray 2.60 protects a cluster with a token (~/.ray/auth_token, made by the head when missing):
 # every node must see the same file (a shared home, or RAY_AUTH_TOKEN_PATH on the shared file
 # system). Settings: RAY_PORT (6379), IDHHPC_PYTHON (python), RAY_START_TIMEOUT_S (120),
-# RAY_AUTH_MODE (token).
+# RAY_AUTH_MODE (token), RAY_HEAD_IP (the head's address; default: its Slurm NodeAddr).
+#
+# Every Ray process listens on its node's Slurm NodeAddr (node-addr.sh): the network Slurm uses
+# for the node, not whichever NIC `hostname -I` lists first. On the single-node test cluster
+# that is 127.0.0.1, so Ray stays on loopback.
 set -euo pipefail
+# sbatch runs a copy of this script from its spool directory: look for node-addr.sh beside the
+# original too (submitted from the repository root, or with --chdir to it).
+for dir in "$(dirname "${BASH_SOURCE[0]}")" "${SLURM_SUBMIT_DIR:-.}/slurm" "$PWD/slurm"; do
+    # shellcheck source=slurm/node-addr.sh
+    if [[ -f $dir/node-addr.sh ]]; then . "$dir/node-addr.sh"; break; fi
+done
+if ! declare -F node_addr >/dev/null; then
+    echo "ray-on-slurm: slurm/node-addr.sh not found: submit from the repository root" >&2
+    exit 1
+fi
 
 PYTHON=${IDHHPC_PYTHON:-python}
 PORT=${RAY_PORT:-6379}
@@ -28,7 +42,7 @@ export RAY_AUTH_MODE=${RAY_AUTH_MODE:-token}
 
 mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 HEAD=${NODES[0]}
-HEAD_IP=$(srun --overlap --nodes=1 --ntasks=1 -w "$HEAD" hostname -I | awk '{print $1}')
+HEAD_IP=${RAY_HEAD_IP:-$(node_addr "$HEAD")}
 export RAY_ADDRESS="$HEAD_IP:$PORT"
 RAY_TMP="/tmp/ray-$SLURM_JOB_ID"   # short: Ray's socket paths must stay under ~100 characters
 STEPS=()
@@ -55,7 +69,8 @@ done
 
 for node in "${NODES[@]:1}"; do
     srun --overlap --nodes=1 --ntasks=1 -w "$node" \
-        ray start --block --address="$RAY_ADDRESS" --num-cpus="$CPUS" --num-gpus="$GPUS" &
+        ray start --block --address="$RAY_ADDRESS" --node-ip-address="$(node_addr "$node")" \
+        --num-cpus="$CPUS" --num-gpus="$GPUS" &
     STEPS+=($!)
 done
 

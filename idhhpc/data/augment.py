@@ -28,17 +28,24 @@ from torch.utils.data import Dataset
 AUGMENT_STREAM = 2
 
 
-def make_train_transform(seed: int = 0) -> Compose:
-    """Flips, small rotation/scale, bias field, contrast, intensity jitter and noise on (C, D, H, W).
+def make_train_transform(seed: int = 0, kind: str = "full") -> Compose:
+    """Flips (``kind="flips"``), or flips, small rotation/scale, bias field, contrast, intensity
+    jitter and noise (``"full"``) on (C, D, H, W).
 
     Geometry first (flip, affine) so intensity changes are not resampled; the bias field and
     gamma act before the additive jitter and noise, as on a real scanner.
     """
+    flips = [RandFlip(prob=0.5, spatial_axis=axis) for axis in range(3)]
+    if kind not in ("flips", "full"):
+        raise ValueError(f"augmentation kind must be 'flips' or 'full', got {kind!r}")
+    transform = Compose(flips if kind == "flips" else flips + _affine_and_intensity())
+    transform.set_random_state(seed=seed)
+    return transform
+
+
+def _affine_and_intensity() -> list:
     rotate = math.radians(10.0)
-    transform = Compose([
-        RandFlip(prob=0.5, spatial_axis=0),
-        RandFlip(prob=0.5, spatial_axis=1),
-        RandFlip(prob=0.5, spatial_axis=2),
+    return [
         RandAffine(prob=0.5, rotate_range=(rotate,) * 3, scale_range=(0.1,) * 3, mode="bilinear",
                    padding_mode="zeros"),
         RandBiasField(prob=0.3, degree=3, coeff_range=(0.0, 0.1)),
@@ -46,9 +53,7 @@ def make_train_transform(seed: int = 0) -> Compose:
         RandScaleIntensity(prob=0.5, factors=0.1),
         RandShiftIntensity(prob=0.5, offsets=0.1),
         RandGaussianNoise(prob=0.3, mean=0.0, std=0.05),
-    ])
-    transform.set_random_state(seed=seed)
-    return transform
+    ]
 
 
 def item_seed(seed: int, epoch: int, index: int, draw: int = 0) -> int:

@@ -96,9 +96,11 @@ def _patient_folders(root: Path, cohort: Cohort) -> dict[str, Path]:
 
 
 def case_from_folder(patient_id: str, label: int | None, folder: Path, modalities: list[str] | tuple[str, ...],
-                     bias: bool, affine_atol: float = 1e-3) -> tuple[CaseFiles | None, str]:
+                     bias: bool, affine_atol: float = 1e-3,
+                     tumor_mask: Path | None = None) -> tuple[CaseFiles | None, str]:
     """One patient's files in a UCSF-PDGM folder (or a folder of files named by modality), with
-    headers checked, as (case, "") or (None, the reason it cannot be used)."""
+    headers checked, as (case, "") or (None, the reason it cannot be used). ``tumor_mask``, when
+    given, replaces the folder's tumour segmentation."""
     images = {}
     for modality in modalities:
         path, problem = ucsf_pdgm.find_modality(folder, modality, bias)
@@ -110,7 +112,7 @@ def case_from_folder(patient_id: str, label: int | None, folder: Path, modalitie
         label=label,
         images=images,
         brain_mask=ucsf_pdgm.find_optional(folder, BRAIN_MASK_SUFFIX),
-        tumor_mask=ucsf_pdgm.find_optional(folder, TUMOR_MASK_SUFFIX),
+        tumor_mask=Path(tumor_mask) if tumor_mask is not None else ucsf_pdgm.find_optional(folder, TUMOR_MASK_SUFFIX),
     )
     problem = check_headers(case, affine_atol)
     return (None, problem) if problem else (case, "")

@@ -236,11 +236,11 @@ def _resample_nearest(crop: np.ndarray, pad_before: np.ndarray, side: int, size:
     return resampled
 
 
-def _normalize(patient_id: str, image: np.ndarray, brain: np.ndarray, settings: PreprocessConfig,
-               paths: list[Path]) -> np.ndarray:
-    """Clip each channel to brain percentiles, z-score inside the brain, zero outside → float16."""
-    out = np.zeros(image.shape, dtype=np.float16)
+def _brain_statistics(patient_id: str, image: np.ndarray, brain: np.ndarray, settings: PreprocessConfig,
+                      paths: list[Path]) -> list[tuple[float, float, float, float]]:
+    """Per channel: the clip percentiles inside the brain, and the mean and std after clipping."""
     inside = np.flatnonzero(brain)
+    stats = []
     for channel, path in enumerate(paths):
         values = image[channel].reshape(-1)[inside]
         low, high = np.percentile(values, settings.clip_percentiles)
@@ -248,6 +248,17 @@ def _normalize(patient_id: str, image: np.ndarray, brain: np.ndarray, settings: 
         mean, std = values.mean(dtype=np.float64), values.std(dtype=np.float64)
         if not high > low or std == 0.0:
             raise CaseRejected(patient_id, f"file {path} is constant inside the brain")
+        stats.append((float(low), float(high), float(mean), float(std)))
+    return stats
+
+
+def _normalize(image: np.ndarray, brain: np.ndarray, stats: list[tuple[float, float, float, float]]) -> np.ndarray:
+    """Clip each channel to its brain percentiles, z-score with the brain's mean and std, zero
+    outside the brain → float16."""
+    out = np.zeros(image.shape, dtype=np.float16)
+    inside = np.flatnonzero(brain)
+    for channel, (low, high, mean, std) in enumerate(stats):
+        values = np.clip(image[channel].reshape(-1)[inside], low, high)
         values -= np.float32(mean)
         values *= np.float32(1.0 / std)
         out[channel].reshape(-1)[inside] = values
@@ -298,7 +309,9 @@ def _brain_box(pid: str, canonical: list[np.ndarray], brain_file: _Volume | None
 def preprocess_case(case: CaseFiles, settings: PreprocessConfig, read_threads: int = 2) -> PreprocessedCase:
     """Preprocess one patient or raise :class:`CaseRejected` with a one-line reason.
 
-    ``read_threads`` files are decoded at once; 1 gives strictly sequential reading.
+    ``read_threads`` files are decoded at once; 1 gives strictly sequential reading. With
+    ``settings.roi == "tumor"`` the cube is the one around the tumour (see :func:`_tumor_cube`),
+    normalised with the statistics of the whole brain so the tumour keeps its contrast to it.
     """
     pid = case.patient_id
     if not case.images:
@@ -306,6 +319,7 @@ def preprocess_case(case: CaseFiles, settings: PreprocessConfig, read_threads: i
     images, brain_file, tumor_file, warnings = _load_case(case, settings, read_threads)
     native_affine = images[0].affine
     canonical = [_to_canonical(v.data, native_affine)[0] for v in images]
+    tumor_full = _to_canonical(tumor_file.data, native_affine)[0] if tumor_file is not None else None
     brain_full, start, box = _brain_box(pid, canonical, brain_file, native_affine, settings)
     axes = _memory_order(canonical[0])
     cube, pad_before, side = _pad_to_cube([c[box] for c in canonical], axes)
@@ -315,12 +329,53 @@ def preprocess_case(case: CaseFiles, settings: PreprocessConfig, read_threads: i
         brain = _close_small_holes(brain)
     if not brain.any():
         raise CaseRejected(pid, "empty brain mask after resampling")
-    tumor = None
-    if tumor_file is not None:
-        tumor_crop = _to_canonical(tumor_file.data, native_affine)[0][box]
-        tumor = _resample_nearest(tumor_crop, pad_before, side, settings.size)
-    normalized = _normalize(pid, image, brain, settings, [v.path for v in images])
+    stats = _brain_statistics(pid, image, brain, settings, [v.path for v in images])
+    tumor = _resample_nearest(tumor_full[box], pad_before, side, settings.size) if tumor_full is not None else None
+    brain_box = (start, np.array([s.stop for s in box]))
+    if settings.roi == "tumor":
+        image, brain, tumor, start, pad_before, side = _tumor_cube(pid, canonical, brain_full, tumor_full, settings)
     _, canonical_affine, ornt = _to_canonical(images[0].data, native_affine)
     geometry = make_geometry(start, pad_before, side, settings.size, native_affine, canonical_affine,
                              images[0].data.shape, ornt)
+    normalized = _normalize(image, brain, stats)
+    if settings.coordinates:
+        normalized = np.concatenate([normalized, brain_coordinates(geometry, *brain_box)])
     return PreprocessedCase(pid, case.label, normalized, brain, tumor, geometry, warnings)
+
+
+def brain_coordinates(geometry: dict, brain_start: np.ndarray, brain_stop: np.ndarray) -> np.ndarray:
+    """(3, S, S, S) float16: each output voxel's canonical (R, A, S) position in the brain box, -1 at
+    its first voxel and 1 past its last, whatever the crop (see :mod:`idhhpc.data.geometry`)."""
+    size = int(geometry["size"])
+    centres = (np.arange(size) + 0.5) * float(geometry["scale"]) - 0.5
+    axes = []
+    for axis in range(3):
+        canonical = centres - geometry["pad_before"][axis] + geometry["crop_start"][axis]
+        axes.append(2 * (canonical - brain_start[axis]) / max(brain_stop[axis] - brain_start[axis], 1) - 1)
+    return np.stack(np.meshgrid(*axes, indexing="ij")).astype(np.float16)
+
+
+def _tumor_cube(patient_id: str, canonical: list[np.ndarray], brain_full: np.ndarray, tumor_full: np.ndarray | None,
+                settings: PreprocessConfig):
+    """The cube centred on the tumour mask's bounding box, of side ``box side x (1 + 2 roi_margin)``
+    (at least ``roi_min_side``), zero where it leaves the volume, resampled to ``size``³.
+
+    Returns the image, brain and tumour cubes and the crop start, pad and side of the geometry.
+    """
+    if tumor_full is None or not np.any(tumor_full):
+        raise CaseRejected(patient_id, "preprocess.roi 'tumor' needs a non-empty tumor segmentation "
+                                       "(*_tumor_segmentation.nii.gz)")
+    low, high = _crop_box(patient_id, tumor_full != 0, 0)
+    side = max(int(np.ceil((high - low).max() * (1 + 2 * settings.roi_margin))), settings.roi_min_side, 2)
+    corner = (low + high) // 2 - side // 2
+    source = tuple(slice(max(int(c), 0), min(int(c) + side, n)) for c, n in zip(corner, tumor_full.shape))
+    crop_start = np.array([s.start for s in source])
+    pad_before = crop_start - corner
+    cube = np.zeros((len(canonical), side, side, side), dtype=np.float32)
+    target = tuple(slice(int(p), int(p) + (s.stop - s.start)) for p, s in zip(pad_before, source))
+    for channel, volume in enumerate(canonical):
+        cube[(channel, *target)] = volume[source]
+    image = _resample_linear(cube, settings.size, np.arange(3))
+    brain = _resample_nearest(brain_full[source].astype(np.uint8), pad_before, side, settings.size)
+    tumor = _resample_nearest(tumor_full[source], pad_before, side, settings.size)
+    return image, brain, tumor, crop_start, pad_before, side

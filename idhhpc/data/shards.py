@@ -100,7 +100,7 @@ def write_shard(path: Path, cases: list[PreprocessedCase], settings_hash: str, m
     """
     options = compression_options(compression)
     size = int(cases[0].image.shape[-1]) if cases else int(size or 0)
-    c = len(modalities)
+    c = int(cases[0].image.shape[0]) if cases else len(modalities)
     cube = (size, size, size)
     images = np.stack([x.image for x in cases]) if cases else np.zeros((0, c, *cube), np.float16)
     brain = np.stack([x.brain for x in cases]) if cases else np.zeros((0, *cube), np.uint8)

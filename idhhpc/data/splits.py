@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from idhhpc.config import JobConfig
+from idhhpc.config import JobConfig, fingerprint
 from idhhpc.workdir import WorkDir
 
 
@@ -46,3 +46,8 @@ def load_splits(config: JobConfig) -> dict[str, Any]:
 def non_test_patients(splits: dict[str, Any]) -> list[str]:
     """Everything tuning and cross-validation may touch."""
     return sorted(set(splits["labels"]) - set(splits["test"]))
+
+
+def splits_fingerprint(splits: dict[str, Any]) -> str:
+    """What a tuned configuration or an out-of-fold figure is tied to: who is in which part."""
+    return fingerprint({"test": splits["test"], "folds": splits["folds"], "fit": splits["fit"]})

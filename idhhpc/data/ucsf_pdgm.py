@@ -18,10 +18,13 @@ METADATA_GLOB = "UCSF-PDGM-metadata*.csv"
 _ID = re.compile(r"^(?P<prefix>UCSF-PDGM)-(?P<number>\d{1,4})(?P<followup>_FU\w*)?$", re.IGNORECASE)
 _FOLDER = re.compile(r"^(?P<id>UCSF-PDGM-\d{1,4}(?:_FU\w*?)?)_nifti$", re.IGNORECASE)
 
-_WILDTYPE = {"wildtype", "wild type", "wild-type", "wt", "negative", "idh-wildtype", "0"}
-_UNLABELED = {"", "unknown", "nan", "na", "n/a", "none", "not available", "nos"}
-_MUTANT_HINTS = ("mutant", "mutated", "mutation", "idh1", "idh2", "p.r132", "p.r172", "positive")
-
+_UNLABELED = {"", "unknown", "nan", "na", "n/a", "n.a.", "none", "not available", "not tested", "not done",
+              "not assessed", "nos", "equivocal", "indeterminate", "pending", "?"}
+_WILDTYPE_WORDS = re.compile(r"wild[\s_-]*type|\bwt\b|negative|\bneg\b")
+_NEGATION_WORDS = re.compile(r"\bnot\b|\bnon\b|\bno\b|\bwithout\b|\babsent\b")
+_MUTANT_WORDS = re.compile(r"mutant|mutated|mutation|\bmut\b|positive|\bpos\b")
+_VARIANTS = re.compile(r"\b(?:p\.)?r1(?:32|72)[a-z]*\b")
+"""Protein changes such as ``p.R132H`` or ``R172K``: a named variant always means mutant."""
 
 @dataclass(frozen=True)
 class ParsedId:
@@ -52,17 +55,28 @@ def folder_id(folder: Path) -> str | None:
 
 
 def parse_idh(value: object) -> tuple[int | None, str | None]:
-    """Map an IDH cell to (label, problem): 0 wildtype, 1 mutant, None with the reason otherwise."""
+    """Map an IDH cell to (label, problem): 0 wildtype, 1 mutant, None with the reason otherwise.
+
+    Wildtype wording (``wildtype``, ``WT``, ``negative``) and negations (``not mutated``,
+    ``non-mutant``, ``no mutation``) read wildtype; mutant wording (``mutated``, ``positive``) and
+    named variants (``IDH1 p.R132H``) read mutant. A gene name alone says nothing (``IDH1
+    wildtype`` is wildtype), and a value with both kinds of wording is refused, not guessed.
+    """
     text = "" if value is None else str(value).strip()
-    lowered = text.lower()
-    if lowered in _WILDTYPE:
-        return 0, None
-    if lowered == "1":
-        return 1, None
+    lowered = " ".join(text.lower().split())
     if lowered in _UNLABELED:
         return None, f"unlabeled IDH status ({text or 'empty'!s})"
-    if any(hint in lowered for hint in _MUTANT_HINTS):
-        return 1, None
+    if lowered in ("0", "1"):
+        return int(lowered), None
+    negated = bool(_NEGATION_WORDS.search(lowered))
+    wildtype = bool(_WILDTYPE_WORDS.search(lowered)) or negated
+    mutant = bool(_VARIANTS.search(lowered)) or (bool(_MUTANT_WORDS.search(lowered)) and not negated)
+    if negated and _WILDTYPE_WORDS.search(lowered):
+        mutant = True  # "not wildtype" negates the wildtype wording itself: refuse rather than guess
+    if wildtype and mutant:
+        return None, f"contradictory IDH value {text!r}: it has both wildtype and mutant wording"
+    if wildtype or mutant:
+        return int(mutant), None
     return None, f"unrecognised IDH value {text!r}"
 
 

@@ -13,13 +13,23 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from idhhpc.atomic import atomic_write_json, atomic_write_text
-from idhhpc.constants import CLASS_NAMES, METRICS_FILE, PREDICTIONS_FILE, REPORT_FILE
+from idhhpc.constants import (
+    CLASS_NAMES,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+    REPORT_HTML_FILE,
+)
 from idhhpc.evaluate import plots
 from idhhpc.evaluate.bootstrap import bootstrap_ci
+from idhhpc.evaluate.calibration import (
+    expected_calibration_error,
+    negative_log_likelihood,
+)
 from idhhpc.evaluate.inputs import as_binary_arrays, has_both_classes
 from idhhpc.evaluate.metrics import compute_metrics, predict_labels
 from idhhpc.evaluate.reference import STUDY_REFERENCE
-from idhhpc.evaluate.report import render_report
+from idhhpc.evaluate.report import render_report, render_report_html
 from idhhpc.ids import validate_patient_id
 
 CONFIDENCE_LEVEL = 0.95
@@ -34,11 +44,13 @@ def evaluate_predictions(
     history: list[dict] | None = None,
     n_resamples: int = 1000,
     seed: int = 0,
+    sections: Sequence[str] = (),
 ) -> dict[str, float]:
-    """Write ``metrics.json``, ``predictions.csv``, the PNG figures and ``report.md`` to
+    """Write ``metrics.json``, ``predictions.csv``, the PNG figures, ``report.md`` and ``report.html`` to
     ``out_dir`` and return the bare-keyed metrics (callers prefix ``test/`` for MLflow).
 
     ``threshold`` must come from the validation set (``choose_threshold``), never from these labels.
+    ``sections`` are further Markdown lines for the report (other models, out-of-fold figures...).
     """
     labels, probs = as_binary_arrays(y_true, prob)
     patient_ids = _checked_patient_ids(patient_ids, len(labels))
@@ -46,10 +58,14 @@ def evaluate_predictions(
     metrics = compute_metrics(labels, probs, threshold)
     intervals = bootstrap_ci(labels, probs, threshold, n_resamples=n_resamples, seed=seed, alpha=1 - CONFIDENCE_LEVEL)
     summary = _summary(labels, threshold, n_resamples, seed)
+    summary["calibration"] = {"brier": metrics["brier"], "ece": expected_calibration_error(labels, probs),
+                              "nll": negative_log_likelihood(labels, probs)}
     atomic_write_json(out_dir / METRICS_FILE, _metrics_document(metrics, intervals, summary))
     atomic_write_text(out_dir / PREDICTIONS_FILE, _predictions_csv(patient_ids, labels, probs, threshold))
     figures = _write_figures(labels, probs, threshold, metrics, intervals, history, out_dir)
-    atomic_write_text(out_dir / REPORT_FILE, render_report(metrics, intervals, summary, figures))
+    report = render_report(metrics, intervals, summary, figures, sections)
+    atomic_write_text(out_dir / REPORT_FILE, report)
+    atomic_write_text(out_dir / REPORT_HTML_FILE, render_report_html(report, out_dir))
     return metrics
 
 
@@ -108,6 +124,7 @@ def _write_figures(
         )
     else:
         warnings.warn("evaluate_predictions: one class only; ROC and PR curves skipped", RuntimeWarning, stacklevel=3)
+    written["Reliability diagram"] = plots.plot_reliability(labels, probs, out_dir / "reliability.png")
     matrix_path = out_dir / "confusion_matrix.png"
     written["Confusion matrix"] = plots.plot_confusion_matrix(labels, probs, threshold, matrix_path)
     written["Per-class metrics"] = plots.plot_per_class_metrics(metrics, intervals, out_dir / "per_class_metrics.png")

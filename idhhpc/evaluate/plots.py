@@ -12,10 +12,16 @@ from pathlib import Path
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+from matplotlib.ticker import MaxNLocator
+from sklearn.metrics import (
+    ConfusionMatrixDisplay,
+    PrecisionRecallDisplay,
+    RocCurveDisplay,
+)
 
 from idhhpc.atomic import atomic_path
-from idhhpc.constants import CLASS_NAMES
+from idhhpc.constants import CLASS_NAMES, EPOCH_COUNTERS
+from idhhpc.evaluate.calibration import expected_calibration_error, reliability_bins
 from idhhpc.evaluate.inputs import as_binary_arrays
 from idhhpc.evaluate.metrics import compute_metrics, predict_labels
 
@@ -33,19 +39,25 @@ def save_figure(figure: Figure, path: Path) -> Path:
 
 
 def plot_history(history: Sequence[Mapping[str, float]], path: Path) -> Path:
-    """Plot per-epoch losses, metrics and the learning rate, one panel each (keys such as
-    ``train/loss``, ``val/loss``, ``val/auc``, ``lr``); missing values leave gaps."""
+    """Plot per-epoch records, one panel per quantity: ``train/loss`` and ``val/loss`` share the
+    loss panel, ``val/auc`` has its own 0-1 axis, ``lr`` a log axis; counters such as
+    ``optimizer_step`` are not drawn (on a shared axis they flatten every other curve). Missing
+    values leave gaps."""
     panels = _history_panels(history)
     if not panels:
-        raise ValueError("history holds no numeric series besides 'epoch': nothing to plot")
+        raise ValueError("history holds no numeric series besides its counters: nothing to plot")
     epochs = [record.get("epoch", index) for index, record in enumerate(history)]
-    figure = Figure(figsize=(5 * len(panels), 4), layout="constrained")
-    for ax, (title, keys) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+    figure = Figure(figsize=(4.5 * len(panels), 3.8), layout="constrained")
+    for ax, (quantity, keys) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels.items()):
         series = {key: np.array([record.get(key, np.nan) for record in history], dtype=float) for key in keys}
         for key, values in series.items():
             ax.plot(epochs, values, marker="o", markersize=3, label=key)
+        title = _QUANTITY_TITLES.get(quantity, quantity)
         ax.set(title=title, xlabel="epoch", ylabel=title)
-        if title == "learning rate" and all(np.nanmin(values) > 0 for values in series.values()):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if quantity == "auc":
+            ax.set_ylim(0, 1)
+        if quantity == "lr" and all(np.nanmin(values) > 0 for values in series.values()):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend()
@@ -53,15 +65,18 @@ def plot_history(history: Sequence[Mapping[str, float]], path: Path) -> Path:
     return save_figure(figure, path)
 
 
+_QUANTITY_TITLES = {"auc": "AUC", "lr": "learning rate", "loss": "loss"}
+
+
 def _history_panels(history: Sequence[Mapping[str, float]]) -> dict[str, list[str]]:
-    keys = sorted({key for record in history for key, value in record.items() if _is_number(value)} - {"epoch"})
-    is_lr = [key == "lr" or key.endswith("/lr") for key in keys]
-    groups = {
-        "loss": [key for key, lr in zip(keys, is_lr) if "loss" in key and not lr],
-        "metric value": [key for key, lr in zip(keys, is_lr) if "loss" not in key and not lr],
-        "learning rate": [key for key, lr in zip(keys, is_lr) if lr],
-    }
-    return {title: members for title, members in groups.items() if members}
+    """``{quantity: keys}``: a key's quantity is its last ``/`` part (``val/auc`` → ``auc``)."""
+    keys = sorted({key for record in history for key, value in record.items() if _is_number(value)}
+                  - set(EPOCH_COUNTERS))
+    panels: dict[str, list[str]] = {}
+    for key in keys:
+        panels.setdefault(key.rsplit("/", 1)[-1], []).append(key)
+    order = [q for q in ("loss", "auc", "lr") if q in panels] + sorted(set(panels) - {"loss", "auc", "lr"})
+    return {quantity: panels[quantity] for quantity in order}
 
 
 def _is_number(value: object) -> bool:
@@ -143,3 +158,33 @@ def _error_bars(values: np.ndarray, intervals: Sequence[tuple[float, float]]) ->
     """Asymmetric whisker lengths ``(2, k)``; a missing interval draws no whisker."""
     low, high = np.array(intervals, dtype=float).T
     return np.nan_to_num(np.clip(np.stack([values - low, high - values]), 0, None))
+
+
+def plot_roc_comparison(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], path: Path,
+                        title: str = "ROC curves on the same patients") -> Path:
+    """One ROC curve per scorer (network, baseline, Bayes optimum...) on the same patients."""
+    figure = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = figure.subplots()
+    for index, (name, (labels, scores)) in enumerate(curves.items()):
+        RocCurveDisplay.from_predictions(np.asarray(labels), np.asarray(scores, dtype=float), pos_label=1, name=name,
+                                         ax=ax, plot_chance_level=index == len(curves) - 1)
+    ax.set(title=title, xlabel="1 - specificity", ylabel="sensitivity")
+    ax.legend(loc="lower right")
+    return save_figure(figure, path)
+
+
+def plot_reliability(y_true, prob, path: Path, bins: int = 10) -> Path:
+    """Observed mutant rate against mean P(mutant) per probability bin, with the case counts."""
+    labels, probs = as_binary_arrays(y_true, prob)
+    points = reliability_bins(labels, probs, bins)
+    figure = Figure(figsize=(5.5, 5), layout="constrained")
+    ax = figure.subplots()
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", color="crimson", label="model")
+    for predicted, observed, count in points:
+        ax.annotate(str(count), (predicted, observed), textcoords="offset points", xytext=(4, -10), fontsize=8)
+    ece = expected_calibration_error(labels, probs, bins)
+    ax.set(title=f"Reliability (ECE {ece:.3f}, {bins} bins; n per bin)", xlabel="mean P(mutant)",
+           ylabel="observed mutant rate", xlim=(0, 1), ylim=(0, 1))
+    ax.legend(loc="upper left")
+    return save_figure(figure, path)

@@ -18,7 +18,13 @@ import torch
 from torch import nn
 
 from idhhpc.atomic import atomic_write_json
-from idhhpc.constants import CAM_STATISTICS_FILE, CLASS_NAMES, GALLERY_FILE, GALLERY_HTML_FILE, MUTANT
+from idhhpc.constants import (
+    CAM_STATISTICS_FILE,
+    CLASS_NAMES,
+    GALLERY_FILE,
+    GALLERY_HTML_FILE,
+    MUTANT,
+)
 from idhhpc.explain.gallery import write_gallery
 from idhhpc.explain.gradcam import CamMethod, CamResult, compute_cam, default_cam_layer
 from idhhpc.explain.native import save_cam_nifti

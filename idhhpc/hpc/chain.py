@@ -7,6 +7,7 @@ that never comes; sacct knows at once that a dependent was cancelled because its
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -14,6 +15,9 @@ from idhhpc.config import JobConfig
 from idhhpc.hpc.failures import describe_failure
 from idhhpc.hpc.runner import SKIPPED, StepRecord
 from idhhpc.hpc.sacct import FINAL_STATES, sacct_rows
+from idhhpc.hpc.squeue import HELD_REASONS, SlurmUnreachable, queued
+
+log = logging.getLogger(__name__)
 
 _FIELDS = ("JobID", "State", "Reason", "Start", "End")
 
@@ -46,24 +50,59 @@ def _state_of(job_id: str, states: dict[str, dict[str, str]]) -> dict[str, str] 
     return next((row for key, row in states.items() if key == base or key.startswith(f"{base}_[")), None)
 
 
-def _is_final(row: dict[str, str] | None) -> bool:
-    return row is not None and row["State"] in FINAL_STATES and row["End"] not in ("", "Unknown")
+REQUEUABLE = frozenset({"NODE_FAIL", "PREEMPTED", "REQUEUED"})
+"""sacct states that Slurm follows with a rerun when the job may be requeued (``JobRequeue=1``):
+for a few seconds sacct's latest record reads NODE_FAIL or PREEMPTED (with End set) while
+slurmctld already lists the job PENDING again."""
+
+
+def _is_final(row: dict[str, str] | None, job_id: str, live: dict[str, tuple[str, str]]) -> bool:
+    if row is None or row["State"] not in FINAL_STATES or row["End"] in ("", "Unknown"):
+        return False
+    return not (row["State"] in REQUEUABLE and _still_queued(job_id, live))
+
+
+def _still_queued(job_id: str, live: dict[str, tuple[str, str]]) -> bool:
+    base = job_id.split("_")[0]
+    return job_id in live or any(key == base or key.startswith(f"{base}_[") for key in live)
+
+
+def _live_jobs(bases: list[str]) -> dict[str, tuple[str, str]]:
+    """What slurmctld lists now; while it cannot be asked, nothing counts as requeued."""
+    try:
+        return queued(bases)
+    except SlurmUnreachable as err:
+        log.info("squeue unavailable (%s): trusting sacct alone", err)
+        return {}
 
 
 def wait_for_chain(records: list[StepRecord], config: JobConfig, poll_s: float = 2.0,
                    timeout_s: float | None = None) -> ChainOutcome:
-    """Poll sacct until every submitted job has ended; set each record's state and return what failed."""
+    """Poll sacct (and squeue) until every submitted job has ended; set each record's state and
+    return what failed. A job Slurm requeues (node failure, preemption) is followed to its rerun;
+    a held job is reported once with the commands that release it."""
     jobs = [job for record in records for job in record.jobs]
     bases = sorted({job.job_id.split("_")[0] for job in jobs}, key=int)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    reported: set[str] = set()
     while True:
-        states = job_states(bases)
-        if all(_is_final(_state_of(job.job_id, states)) for job in jobs):
+        states, live = job_states(bases), _live_jobs(bases)
+        if all(_is_final(_state_of(job.job_id, states), job.job_id, live) for job in jobs):
             break
+        _report_held(live, reported)
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"Slurm chain not finished after {timeout_s} s")
         time.sleep(poll_s)
     return _classify(records, states, config)
+
+
+def _report_held(live: dict[str, tuple[str, str]], reported: set[str]) -> None:
+    for job_id, (state, reason) in live.items():
+        if reason in HELD_REASONS and job_id not in reported:
+            reported.add(job_id)
+            log.warning("job %s is %s (%s) and will not start by itself: after checking its node, run "
+                        "`scontrol update nodename=<node> state=resume` if the node is drained, then "
+                        "`scontrol release %s`", job_id, state, reason, job_id)
 
 
 def _classify(records: list[StepRecord], states: dict[str, dict[str, str]], config: JobConfig) -> ChainOutcome:

@@ -8,7 +8,8 @@ from typing import Literal
 
 import submitit
 
-from idhhpc.config import Resources
+from idhhpc.config import CONTROL_CHARACTERS, ConfigError, Resources
+from idhhpc.hpc.localjobs import make_local
 
 ExecutorKind = Literal["debug", "local", "slurm"]
 
@@ -26,11 +27,23 @@ def require_sbatch() -> None:
 
 def make_executor(kind: ExecutorKind, folder: Path, resources: Resources, job_name: str,
                   dependency: str | None = None) -> submitit.Executor:
+    """An executor for one step; local jobs are stoppable and capped at ``cpus_per_task`` threads."""
     if kind == "slurm":
         require_sbatch()
+        check_script_path(folder)
     executor = submitit.AutoExecutor(folder=folder / "%j", cluster=kind, slurm_max_num_timeout=resources.max_timeouts)
     executor.update_parameters(name=job_name, timeout_min=resources.time_min, **_slurm_parameters(resources, dependency))
+    if kind == "local":
+        make_local(executor, resources.cpus_per_task)
     return executor
+
+
+def check_script_path(folder: Path) -> None:
+    """The job folder goes into ``#SBATCH --output`` and the srun line: a newline there would
+    start a shell line of its own, so a work dir with control characters is refused."""
+    if CONTROL_CHARACTERS.search(str(folder)):
+        raise ConfigError(f"work_dir {str(folder)!r}: newlines and other control characters cannot go into an "
+                          "sbatch script; choose another work_dir")
 
 
 def _slurm_parameters(resources: Resources, dependency: str | None) -> dict:
@@ -60,6 +73,7 @@ def sbatch_preview(folder: Path, resources: Resources, job_name: str, dependency
     """The sbatch script submitit would write, for ``--dry-run`` (nothing is submitted)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
+    check_script_path(folder)
     extra = dict(resources.extra_sbatch)
     if dependency:
         extra.update(dependency=dependency, kill_on_invalid_dep="yes")

@@ -8,11 +8,18 @@ chain and the text are searched.
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from idhhpc.config import JobConfig
 
 _OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory")
+_SIGNAL_LINE = re.compile(r"idhhpc: task \d+ of job \S+ was ended by SIG")
+_DISK_FULL_MARKERS = ("No space left on device", "Errno 28", "errno = 28", "Disk quota exceeded", "Errno 122",
+                      "unexpected pos", "file write failed")
+"""How a full file system shows: OSError, HDF5's error stack, and torch.save's writer (which
+raises a bare RuntimeError "unexpected pos ..." without an errno)."""
+_UNREADABLE_CHECKPOINT = re.compile(r"cannot read checkpoint (\S+\.pt)")
 _EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Z]\w*(?:Error|Exception|Interrupted|Exit)\b.*")
 
 
@@ -60,14 +67,59 @@ def last_exception_line(text: str) -> str | None:
     return found[-1] if found else None
 
 
+def killed_by_signal(text: str) -> str | None:
+    """The local controller's line saying a task was ended by a signal (``idhhpc.hpc.localjobs``)."""
+    found = [line.strip() for line in text.splitlines() if _SIGNAL_LINE.search(line)]
+    return found[-1] if found else None
+
+
+def disk_full_hint(config: JobConfig, text: str) -> str | None:
+    """When a write failed for lack of space (or the work dir's file system is nearly full now),
+    say so with the free space: h5py and torch.save report it in words that do not say "disk"."""
+    work_dir = Path(config.work_dir)
+    try:
+        usage = shutil.disk_usage(work_dir if work_dir.exists() else work_dir.parent)
+    except OSError:
+        usage = None
+    nearly_full = usage is not None and usage.free < max(64 << 20, usage.total // 100)
+    if not (any(marker in text for marker in _DISK_FULL_MARKERS) or nearly_full):
+        return None
+    free = f"{_size(usage.free)} free of {_size(usage.total)}" if usage else "free space unknown"
+    return (f"cause: the file system of {work_dir} is full or over quota ({free}). Free space there (or move "
+            "work_dir) and relaunch: finished outputs are kept, and a partly written file is never used.")
+
+
+def unreadable_checkpoint_hint(text: str) -> str | None:
+    """A training run whose ``last.pt`` cannot be read (truncated, corrupt): name it and the way out."""
+    found = _UNREADABLE_CHECKPOINT.search(text)
+    if found is None:
+        return None
+    path = found.group(1)
+    return (f"cause: checkpoint {path} cannot be read (truncated or corrupt). Delete it and relaunch: that training "
+            "run starts again from its first epoch, everything else is kept.")
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def describe_failure(step: str, job_id: str, err: BaseException | None, config: JobConfig,
                      stderr_path: str | Path | None, state: str = "FAILED") -> str:
-    """Stage, job, error (with the patient for preprocessing), stderr tail and, for OOM, what to change."""
+    """Stage, job, error (with the patient for preprocessing), stderr tail and what to change:
+    for OOM the memory settings, for a full disk the free space, for a killed task the signal."""
     tail = stderr_tail(stderr_path)
     parts = [f"stage {step} failed (job {job_id}, {state})"]
-    headline = last_exception_line("\n".join([error_lines(err, lines=10_000) if err is not None else "", tail]))
+    error_text = error_lines(err, lines=10_000) if err is not None else ""
+    headline = last_exception_line("\n".join([error_text, tail]))
     if headline:
         parts.append(f"error: {headline}")
+    signal_line = killed_by_signal(tail)
+    if signal_line:
+        parts.append(f"cause: {signal_line.removeprefix('idhhpc: ')}")
+    for hint in (disk_full_hint(config, "\n".join([error_text, tail])),
+                 unreadable_checkpoint_hint("\n".join([error_text, tail]))):
+        if hint:
+            parts.append(hint)
     if err is not None:
         parts.append(error_lines(err))
     if tail:

@@ -7,19 +7,21 @@ linked by ``afterok`` dependencies, and the launcher returns unless asked to wai
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable
 
 import submitit
 from tqdm import tqdm
 
 from idhhpc.config import JobConfig
+from idhhpc.hpc import interrupts
 from idhhpc.hpc.executors import make_executor, require_sbatch
 from idhhpc.hpc.failures import describe_failure
+from idhhpc.hpc.jobcall import stage_call
+from idhhpc.hpc.squeue import SlurmUnreachable, scancel
 from idhhpc.stages.step import Step
 
 log = logging.getLogger(__name__)
@@ -42,9 +44,17 @@ class StepRecord:
     jobs: list[Any] = field(default_factory=list, repr=False)
 
 
+OnStart = Callable[[str, submitit.Job], None]
+
+
 def run_locally(steps: list[Step], config: JobConfig, kind: str, folder: Path, progress: bool = True,
-                skip: set[str] | frozenset[str] = frozenset()) -> list[StepRecord]:
-    """Run the steps one after another; steps named in ``skip`` are recorded as SKIPPED."""
+                skip: set[str] | frozenset[str] = frozenset(), on_start: OnStart | None = None) -> list[StepRecord]:
+    """Run the steps one after another; steps named in ``skip`` are recorded as SKIPPED.
+
+    ``on_start(step, job)`` is told of every job as it starts (the work-dir lock records local
+    jobs' process groups). A signal recorded by :mod:`idhhpc.hpc.interrupts` stops the running
+    jobs and raises ``LaunchInterrupted``.
+    """
     records = []
     for step in steps:
         record = StepRecord(step.name)
@@ -54,43 +64,52 @@ def run_locally(steps: list[Step], config: JobConfig, kind: str, folder: Path, p
             continue
         start = time.monotonic()
         tasks = step.tasks(config)
-        executor = make_executor(kind, folder, config.hpc.for_stage(step.stage), f"idhhpc-{step.name}")
-        record.results = _run_throttled(executor, step, config, tasks, config.hpc.local_parallelism, record, progress)
+        resources = config.hpc.for_stage(step.stage)
+        executor = make_executor(kind, folder, resources, f"idhhpc-{step.name}")
+        log.info("%s: %d task(s) on the %s executor", step.name, len(tasks), kind)
+        record.results = _run_throttled(executor, step, config, tasks, config.hpc.local_parallelism, record, progress,
+                                        on_start)
         record.state, record.seconds = "COMPLETED", time.monotonic() - start
+        log.info("%s: completed in %.1f s", step.name, record.seconds)
     return records
 
 
 def _run_throttled(executor: submitit.Executor, step: Step, config: JobConfig, tasks: list[tuple],
-                   parallelism: int, record: StepRecord, progress: bool) -> list[Any]:
-    function, pending, running, results = step.function, list(enumerate(tasks)), [], {}
+                   parallelism: int, record: StepRecord, progress: bool, on_start: OnStart | None) -> list[Any]:
+    function = stage_call(step.function, step.name, config.hpc.for_stage(step.stage).cpus_per_task)
+    pending, running, results = list(enumerate(tasks)), [], {}
     bar = tqdm(total=len(tasks), desc=step.name, unit="task", disable=not progress or len(tasks) < 2, leave=False)
     try:
         while pending or running:
             while pending and len(running) < parallelism:
+                interrupts.check()
                 position, args = pending.pop(0)
                 job = executor.submit(function, config, *args)
+                interrupts.track(job)
                 record.job_ids.append(str(job.job_id))
                 record.logs.append(str(job.paths.stdout))
                 running.append((position, job))
+                if on_start is not None:
+                    on_start(step.name, job)
             finished = [(p, j) for p, j in running if _is_done(j)]
             for position, job in finished:
                 running.remove((position, job))
+                interrupts.untrack(job)
                 results[position] = _result_or_raise(step, job, record, config)
                 bar.update(1)
+            interrupts.check()
             if running and not finished:
                 time.sleep(0.2)
-    except BaseException:
-        _cancel(job for _, job in running)  # Ctrl-C or a failed task: leave no orphan processes
+    except BaseException as err:
+        interrupts.stop_jobs(job for _, job in running)  # a signal or a failed task: leave no process behind
+        signum = interrupts.received()
+        if signum is not None and not isinstance(err, interrupts.LaunchInterrupted):
+            record.state = "KILLED"
+            raise interrupts.LaunchInterrupted(signum) from err
         raise
     finally:
         bar.close()
     return [results[i] for i in range(len(tasks))]
-
-
-def _cancel(jobs: Iterable[submitit.Job]) -> None:
-    for job in jobs:
-        with contextlib.suppress(Exception):
-            job.cancel(check=False)
 
 
 def _is_done(job: submitit.Job) -> bool:
@@ -117,31 +136,60 @@ def _result_or_raise(step: Step, job: submitit.Job, record: StepRecord, config: 
 def submit_to_slurm(steps: list[Step], config: JobConfig, folder: Path,
                     skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[StepRecord], list[submitit.Job]]:
     """Submit every step not in ``skip`` at once, each depending on its nearest submitted
-    predecessors with ``afterok`` (and ``kill_on_invalid_dep``, so a failure cancels its dependents)."""
+    predecessors with ``afterok`` (and ``kill_on_invalid_dep``, so a failure cancels its dependents).
+
+    If a submission fails (slurmctld down, a refused request) or the launcher is interrupted
+    meanwhile, the jobs already submitted are cancelled: no half chain is left queued.
+    """
     require_sbatch()
     records, jobs_by_step, all_jobs = [], {}, []
     after = {step.name: step.after for step in steps}
-    for step in steps:
-        if step.name in skip:
-            records.append(StepRecord(step.name, state=SKIPPED))
-            continue
-        tasks = step.tasks(config)
-        if not tasks:  # nothing to do (features without a frozen prefix): dependents look past it
-            records.append(StepRecord(step.name, state="COMPLETED"))
-            continue
-        dependency = _dependency(_submitted_ancestors(step.name, after, jobs_by_step), jobs_by_step)
-        resources = config.hpc.for_stage(step.stage)
-        executor = make_executor("slurm", folder, resources, f"idhhpc-{step.name}", dependency)
-        function = step.function
-        if len(tasks) == 1:
-            jobs = [executor.submit(function, config, *tasks[0])]
-        else:
-            jobs = executor.map_array(function, *zip(*[(config, *args) for args in tasks]))
-        jobs_by_step[step.name] = jobs
-        all_jobs += jobs
-        records.append(StepRecord(step.name, [j.job_id for j in jobs], [str(j.paths.stdout) for j in jobs], "SUBMITTED",
-                                  jobs=jobs))
+    try:
+        for step in steps:
+            interrupts.check()
+            if step.name in skip:
+                records.append(StepRecord(step.name, state=SKIPPED))
+                continue
+            if not step.tasks(config):  # nothing to do (features without a frozen prefix): dependents look past it
+                records.append(StepRecord(step.name, state="COMPLETED"))
+                continue
+            dependency = _dependency(_submitted_ancestors(step.name, after, jobs_by_step), jobs_by_step)
+            jobs = submit_step(step, config, folder, dependency)
+            jobs_by_step[step.name] = jobs
+            all_jobs += jobs
+            records.append(StepRecord(step.name, [j.job_id for j in jobs], [str(j.paths.stdout) for j in jobs],
+                                      "SUBMITTED", jobs=jobs))
+    except BaseException:
+        cancel_submitted(all_jobs)
+        raise
     return records, all_jobs
+
+
+def submit_step(step: Step, config: JobConfig, folder: Path, dependency: str | None) -> list[submitit.Job]:
+    """One step's job (or job array) on Slurm."""
+    resources = config.hpc.for_stage(step.stage)
+    executor = make_executor("slurm", folder, resources, f"idhhpc-{step.name}", dependency)
+    tasks = step.tasks(config)
+    function = stage_call(step.function, step.name, resources.cpus_per_task)
+    if len(tasks) == 1:
+        jobs = [executor.submit(function, config, *tasks[0])]
+    else:
+        jobs = executor.map_array(function, *zip(*[(config, *args) for args in tasks]))
+    log.info("%s: submitted %s (%d task(s)%s)", step.name, jobs[0].job_id.split("_")[0], len(jobs),
+             f", {dependency}" if dependency else "")
+    return jobs
+
+
+def cancel_submitted(jobs: list[submitit.Job]) -> None:
+    """scancel jobs of a chain whose submission did not complete."""
+    if not jobs:
+        return
+    log.warning("submission stopped: cancelling the %d job(s) already submitted", len(jobs))
+    try:
+        scancel([job.job_id for job in jobs])
+    except SlurmUnreachable as err:
+        log.error("could not cancel %s: %s; cancel them by hand with scancel",
+                  ", ".join(job.job_id for job in jobs), err)
 
 
 def _submitted_ancestors(name: str, after: dict[str, tuple[str, ...]], jobs_by_step: dict) -> list[str]:

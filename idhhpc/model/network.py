@@ -241,7 +241,7 @@ def build_network(config: JobConfig, load_pretrained: bool = True) -> IDHNet:
     m = config.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        model = build_model(m.variant, len(config.data.modalities), dropout=m.dropout,
+        model = build_model(m.variant, len(config.data.modalities) + config.preprocess.extra_channels, dropout=m.dropout,
                             trainable_stages=init.trainable_stages, activation_checkpointing=m.activation_checkpointing,
                             channels_last=m.channels_last, pretrained_2d=init.source if load_pretrained else None,
                             bn_momentum=m.bn_momentum, freeze_batchnorm=init.freeze_batchnorm)

@@ -3,9 +3,28 @@
 No real data is needed to run, test or benchmark the pipeline: every stage reads a phantom cohort
 exactly as it would read UCSF-PDGM (4-digit folders, 3-digit CSV IDs, follow-ups, unlabeled rows,
 ``T1c``/``T1gad``, ``_bias`` variants). Brains come from the MNI152 template, tumors carry an
-IDH-dependent phenotype, and ``crossover`` swaps the phenotype of some patients so the task is
-learnable but not trivial. The same seed gives the same arrays (and, since gzip headers carry
-no timestamp here, the same files).
+IDH-dependent phenotype whose class-conditional densities overlap and are known exactly
+(:mod:`idhhpc.phantoms.phenotype`), and ``crossover`` is label noise: each labelled
+patient's phenotype is drawn, with probability ``crossover``, from the other class's
+distribution. The same seed gives the same arrays (and, since gzip headers carry no timestamp
+here, the same files).
+
+Besides the UCSF-PDGM files the cohort root holds the Bayes oracle, written before the metadata
+CSV (which is written last and marks a complete cohort):
+
+``oracle.csv``
+    ``patient_id`` (folder ID, ``UCSF-PDGM-0004``), ``label`` (1 mutant, 0 wildtype, empty for
+    unknown IDH), ``llr`` (exact log-likelihood ratio of the drawn phenotype, crossover
+    included: ``log[((1-c) p_m + c p_w) / ((1-c) p_w + c p_m)]``), ``prob_mutant`` (its posterior
+    with the cohort's mutant prior), ``followup_of`` (the base patient's ID for a follow-up
+    re-scan, which shares its phenotype; empty otherwise) and ``drawn_from`` (the class whose
+    distribution gave the phenotype; differs from the label for crossed-over patients).
+``phenotypes.json``
+    crossover, mutant prior, the feature distributions' parameters and every patient's drawn
+    phenotype, so the LLR can be recomputed independently.
+
+:func:`plan_cohort` draws the phenotypes without rendering anything, so :func:`oracle_rows`
+of a plan is cheap (thousands of patients per second).
 
     python -m idhhpc.phantoms OUT --patients 60 --seed 0 --shape 96 96 64
 """
@@ -13,7 +32,10 @@ no timestamp here, the same files).
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
 import gzip
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,22 +43,47 @@ import nibabel as nib
 import numpy as np
 from tqdm import tqdm
 
-from idhhpc.atomic import atomic_write_bytes, atomic_write_text
+from idhhpc.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from idhhpc.ids import validate_patient_id
 from idhhpc.phantoms.anatomy import Anatomy, load_anatomy
-from idhhpc.phantoms.clinical import clinical_row, folder_id, followup_row, metadata_csv_text
+from idhhpc.phantoms.clinical import (
+    clinical_row,
+    folder_id,
+    followup_row,
+    metadata_csv_text,
+)
 from idhhpc.phantoms.mri import scan_patient
+from idhhpc.phantoms.phenotype import (
+    FEATURES,
+    Phenotype,
+    draw_phenotype,
+    log_likelihoods,
+    mixture_llr,
+    posterior,
+)
 from idhhpc.phantoms.tumor import TumorSpec, draw_lesion, grown, sample_tumor
 
 METADATA_NAME = "UCSF-PDGM-metadata_v2.csv"
+GENERATOR_VERSION = 2
+"""Bumped when the same seed and spec draw different cohorts (2: graded phenotypes, oracle.csv)."""
+ORACLE_NAME = "oracle.csv"
+PHENOTYPES_NAME = "phenotypes.json"
+ORACLE_COLUMNS = ("patient_id", "label", "llr", "prob_mutant", "followup_of", "drawn_from")
 DEFAULT_MUTANT_FRACTION = 103 / 501
 T1C_NAMES = ("T1c", "T1gad")
-_CLINICAL, _TUMOR, _SCANNER, _GROWTH = 1, 2, 3, 4
+#: Share of unknown-IDH patients whose phenotype is drawn from the mutant distribution.
+UNKNOWN_MUTANT_LIKE = 0.25
+_CLINICAL, _TUMOR, _SCANNER, _GROWTH, _PHENOTYPE = 1, 2, 3, 4, 5
 
 
 @dataclass(frozen=True)
 class PlannedPatient:
-    """One folder of the cohort: its ID, true IDH class, imaging phenotype, and follow-up origin."""
+    """One folder of the cohort: its ID, true IDH class, imaging phenotype, and follow-up origin.
+
+    ``mutant_like`` says which class's distribution ``phenotype`` was drawn from (the true class
+    unless the patient crossed over). A follow-up shares its base patient's phenotype. Without
+    a ``phenotype`` (hand-made plans) rendering draws one from the ``mutant_like`` class.
+    """
 
     index: int
     number: int
@@ -44,6 +91,7 @@ class PlannedPatient:
     mutant_like: bool
     followup: str | None = None
     base_index: int | None = None
+    phenotype: Phenotype | None = None
 
     @property
     def folder_id(self) -> str:
@@ -62,10 +110,67 @@ def plan_cohort(n_patients: int, seed: int = 0, crossover: float = 0.15,
     if n_followups < 0 or n_unknown < 0:
         raise ValueError(f"follow-up and unknown counts must be >= 0, got {n_followups} and {n_unknown}")
     classes = rng.permutation(_class_list(n_patients, mutant_fraction) + ["unknown"] * n_unknown)
-    mutant_like = _phenotypes(rng, classes, crossover)
     numbers = _non_contiguous_numbers(rng, len(classes))
-    baselines = [PlannedPatient(i, int(numbers[i]), str(classes[i]), bool(mutant_like[i])) for i in range(len(classes))]
+    baselines = []
+    for i, idh in enumerate(classes):
+        mutant_like, phenotype = _phenotype_of(_rng(seed, _PHENOTYPE, i), str(idh), crossover)
+        baselines.append(PlannedPatient(i, int(numbers[i]), str(idh), mutant_like, phenotype=phenotype))
     return _with_followups(rng, baselines, n_followups)
+
+
+def mutant_prior(plan: list[PlannedPatient]) -> float:
+    """Share of mutants among the labelled baseline patients: each patient's prior probability
+    (the default mutant fraction for a plan with one class only, where no prior is learnable)."""
+    labels = [p.idh == "mutant" for p in plan if p.followup is None and p.idh != "unknown"]
+    share = sum(labels) / len(labels) if labels else 0.0
+    return share if 0.0 < share < 1.0 else DEFAULT_MUTANT_FRACTION
+
+
+def oracle_rows(plan: list[PlannedPatient], crossover: float) -> list[dict[str, str]]:
+    """The rows of ``oracle.csv`` for a plan (see the module docstring), in plan order."""
+    prior = mutant_prior(plan)
+    folder_ids = {p.index: p.folder_id for p in plan}
+    rows = []
+    for patient in plan:
+        llr = float(mixture_llr(*log_likelihoods(_phenotype(patient)), crossover))
+        rows.append({
+            "patient_id": patient.folder_id,
+            "label": {"mutant": "1", "wildtype": "0"}.get(patient.idh, ""),
+            "llr": repr(llr),
+            "prob_mutant": repr(float(posterior(llr, prior))),
+            "followup_of": folder_ids[patient.base_index] if patient.followup is not None else "",
+            "drawn_from": "mutant" if patient.mutant_like else "wildtype",
+        })
+    return rows
+
+
+def oracle_csv_text(rows: list[dict[str, str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ORACLE_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def phenotypes_record(plan: list[PlannedPatient], crossover: float, seed: int) -> dict:
+    """What ``phenotypes.json`` holds: enough to recompute every LLR without this code."""
+    folder_ids = {p.index: p.folder_id for p in plan}
+    return {
+        "format": 1,
+        "seed": seed,
+        "crossover": crossover,
+        "mutant_prior": mutant_prior(plan),
+        "features": {name: {"type": type(dist).__name__, **dataclasses.asdict(dist)} for name, dist in FEATURES.items()},
+        "patients": {
+            p.folder_id: {
+                "idh": p.idh,
+                "drawn_from": "mutant" if p.mutant_like else "wildtype",
+                "followup_of": folder_ids[p.base_index] if p.followup is not None else None,
+                "phenotype": _phenotype(p).to_dict(),
+            }
+            for p in plan
+        },
+    }
 
 
 def generate_cohort(out_dir: Path, n_patients: int, seed: int = 0, shape: tuple[int, int, int] = (240, 240, 155),
@@ -74,7 +179,8 @@ def generate_cohort(out_dir: Path, n_patients: int, seed: int = 0, shape: tuple[
                     n_unknown: int | None = None, progress: bool = True) -> Path:
     """Write a phantom cohort into ``out_dir`` and return the metadata CSV path.
 
-    The CSV is written last, so its presence means every patient folder is complete.
+    The metadata CSV is written last, after ``phenotypes.json`` and ``oracle.csv``, so its
+    presence means every patient folder and the oracle are complete.
     """
     if t1c_name not in T1C_NAMES:
         raise ValueError(f"t1c_name must be one of {T1C_NAMES}, got {t1c_name!r}")
@@ -91,6 +197,8 @@ def generate_cohort(out_dir: Path, n_patients: int, seed: int = 0, shape: tuple[
             csv_rows.append(followup_row(rows[patient.base_index], patient.number, patient.followup))
         volumes = render_patient(patient, anatomy, seed, t1c_name, with_bias)
         write_patient(out_dir / f"{patient.folder_id}_nifti", patient.folder_id, volumes, anatomy.affine)
+    atomic_write_json(out_dir / PHENOTYPES_NAME, phenotypes_record(plan, crossover, seed))
+    atomic_write_text(out_dir / ORACLE_NAME, oracle_csv_text(oracle_rows(plan, crossover)))
     csv_path = out_dir / METADATA_NAME
     atomic_write_text(csv_path, metadata_csv_text(csv_rows))
     return csv_path
@@ -143,8 +251,16 @@ def nifti_gz_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
 def _tumor_of(patient: PlannedPatient, anatomy: Anatomy, seed: int) -> TumorSpec:
     """A follow-up re-draws its base patient's lesion (same seed) and lets it grow a little."""
     origin = patient.base_index if patient.followup is not None else patient.index
-    spec = sample_tumor(_rng(seed, _TUMOR, origin), patient.mutant_like, anatomy)
+    spec = sample_tumor(_rng(seed, _TUMOR, origin), _phenotype(patient), anatomy)
     return grown(spec, _rng(seed, _GROWTH, patient.index)) if patient.followup is not None else spec
+
+
+def _phenotype(patient: PlannedPatient) -> Phenotype:
+    """The plan's phenotype, or for a hand-made plan without one a fixed draw of its class."""
+    if patient.phenotype is not None:
+        return patient.phenotype
+    origin = patient.base_index if patient.followup is not None else patient.index
+    return draw_phenotype(np.random.default_rng([_PHENOTYPE, origin, int(patient.mutant_like)]), patient.mutant_like)
 
 
 def _rng(seed: int, stream: int, index: int) -> np.random.Generator:
@@ -171,16 +287,18 @@ def _class_list(n_patients: int, mutant_fraction: float) -> list[str]:
     return ["mutant"] * n_mutant + ["wildtype"] * (n_patients - n_mutant)
 
 
-def _phenotypes(rng: np.random.Generator, classes: np.ndarray, crossover: float) -> np.ndarray:
-    """Imaging phenotype per patient: its own class, except an exact ``crossover`` share per class."""
-    mutant_like = classes == "mutant"
-    for label in ("mutant", "wildtype"):
-        members = np.flatnonzero(classes == label)
-        flipped = rng.choice(members, size=round(len(members) * crossover), replace=False)
-        mutant_like[flipped] = ~mutant_like[flipped]
-    unknown = np.flatnonzero(classes == "unknown")
-    mutant_like[unknown] = rng.random(len(unknown)) < 0.25
-    return mutant_like
+def _phenotype_of(rng: np.random.Generator, idh: str, crossover: float) -> tuple[bool, Phenotype]:
+    """Which class's distribution a patient's phenotype comes from, and the phenotype.
+
+    A labelled patient crosses over with probability ``crossover``, independently of the others
+    (so the oracle's mixture likelihood is exact); unknown-IDH patients look mutant at 25 %.
+    """
+    u = rng.random()
+    if idh == "unknown":
+        mutant_like = u < UNKNOWN_MUTANT_LIKE
+    else:
+        mutant_like = (idh == "mutant") != (u < crossover)
+    return mutant_like, draw_phenotype(rng, mutant_like)
 
 
 def _non_contiguous_numbers(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -202,7 +320,8 @@ def _with_followups(rng: np.random.Generator, baselines: list[PlannedPatient],
         base = labelled[base_position]
         tag = f"FU{int(rng.integers(7, 400)):03d}d"
         index = len(baselines) + k
-        followups[base.index] = PlannedPatient(index, base.number, base.idh, base.mutant_like, tag, base.index)
+        followups[base.index] = PlannedPatient(index, base.number, base.idh, base.mutant_like, tag, base.index,
+                                               base.phenotype)
     ordered = []
     for patient in baselines:
         ordered.append(patient)
@@ -217,7 +336,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--patients", type=int, required=True, help="labelled patients (extra rows are added)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shape", type=int, nargs=3, default=(240, 240, 155), metavar=("X", "Y", "Z"))
-    parser.add_argument("--crossover", type=float, default=0.15, help="share with the other class's phenotype")
+    parser.add_argument("--crossover", type=float, default=0.15,
+                        help="probability that a patient's phenotype comes from the other class (label noise)")
     parser.add_argument("--mutant-fraction", type=float, default=DEFAULT_MUTANT_FRACTION)
     parser.add_argument("--t1c-name", choices=T1C_NAMES, default="T1c")
     parser.add_argument("--with-bias", action="store_true", help="plain images carry a bias field; add _bias files")

@@ -21,11 +21,12 @@ from idhhpc.phantoms.tumor import Lesion, TumorSpec
 CONTRASTS = ("FLAIR", "T1", "T1c", "T2")
 
 #: Typical signal (arbitrary units) of each tissue class per contrast, before scanner effects.
+#: Cysts hold clear fluid: CSF-like (T2 bright, FLAIR suppressed, T1 dark) and untextured.
 SIGNAL: dict[str, dict[str, float]] = {
-    "FLAIR": dict(csf=150, gm=700, wm=520, edema=1050, solid=950, necrosis=520, enhancing=850, vessels=0),
-    "T1": dict(csf=300, gm=600, wm=850, edema=480, solid=450, necrosis=280, enhancing=560, vessels=0),
-    "T1c": dict(csf=300, gm=620, wm=860, edema=490, solid=460, necrosis=290, enhancing=1250, vessels=700),
-    "T2": dict(csf=1500, gm=850, wm=600, edema=1250, solid=1150, necrosis=1450, enhancing=900, vessels=0),
+    "FLAIR": dict(csf=150, gm=700, wm=520, edema=1050, solid=950, necrosis=520, enhancing=850, vessels=0, cyst=200),
+    "T1": dict(csf=300, gm=600, wm=850, edema=480, solid=450, necrosis=280, enhancing=560, vessels=0, cyst=320),
+    "T1c": dict(csf=300, gm=620, wm=860, edema=490, solid=460, necrosis=290, enhancing=1250, vessels=700, cyst=330),
+    "T2": dict(csf=1500, gm=850, wm=600, edema=1250, solid=1150, necrosis=1450, enhancing=900, vessels=0, cyst=1600),
 }
 #: T2-FLAIR mismatch sign: homogeneously bright on T2, dark on FLAIR except for a bright rim.
 MISMATCH_SIGNAL = dict(T2_solid=1350, FLAIR_solid=380, FLAIR_rim=1000)
@@ -63,6 +64,7 @@ def _tissue_image(anatomy: Anatomy, lesion: Lesion, contrast: str, mismatch: boo
     region = image[lesion.box]
     region *= 1.0 - lesion.total
     region += _lesion_signal(lesion, contrast, mismatch, strength) * lesion.texture
+    region += lesion.cyst * signal["cyst"]
     return image
 
 

@@ -1,9 +1,11 @@
-"""Glioma lesions for phantoms: an IDH-dependent phenotype drawn at random, then drawn into a grid.
+"""Glioma lesions for phantoms: a phenotype (see :mod:`phantom_phenotype`) placed and drawn into a grid.
 
-Phenotypes follow the imaging literature with deliberate overlap. IDH-mutant gliomas favour the
-frontal lobe, rarely enhance or necrose, have sharp margins, little edema, and show the T2-FLAIR
-mismatch sign in about half of cases. IDH-wildtype glioblastomas sit in any lobe, enhance in a
-ring around necrosis, and carry wide infiltrative edema that follows white matter.
+:func:`sample_tumor` adds to the IDH-dependent phenotype everything that does not depend on the
+class (site within the drawn region, shape, orientation, cyst size and place), so the images
+carry no class information beyond the phenotype's. :func:`draw_lesion` turns the spec into soft
+tissue maps: edema that follows white matter, a core whose margin width and irregularity are
+features, necrosis, patchy or ring (outer-shell) enhancement, a sharply bounded fluid cyst, the
+T2-FLAIR mismatch rim, and a texture of the phenotype's heterogeneity.
 """
 
 from __future__ import annotations
@@ -14,10 +16,16 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from idhhpc.constants import EDEMA, ENHANCING, NECROSIS
 from idhhpc.phantoms.anatomy import Anatomy
 from idhhpc.phantoms.noise import smooth_noise
+from idhhpc.phantoms.phenotype import Phenotype, draw_phenotype
 
-NECROSIS, EDEMA, ENHANCING = 1, 2, 4
+#: Ring enhancement is the outer shell of the core, from this share of the core radius outwards.
+RING_INNER = 0.75
+#: Cyst radius (share of the core radius) and edge width (share of its own radius): sharp.
+CYST_RADIUS = (0.35, 0.55)
+CYST_EDGE = 0.04
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,8 @@ class TumorSpec:
     mismatch: bool
     shape_seed: int
     growth: float = 1.0
+    cyst_radius: float = 0.0
+    cyst_offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 @dataclass(frozen=True)
@@ -52,21 +62,42 @@ class Lesion:
     flair_rim: np.ndarray
     texture: np.ndarray
     labels: np.ndarray
+    cyst: np.ndarray | float = 0.0
 
     @property
     def total(self) -> np.ndarray:
-        return self.edema + self.solid + self.necrosis + self.enhancing
+        return self.edema + self.solid + self.necrosis + self.enhancing + self.cyst
 
 
-def sample_tumor(rng: np.random.Generator, mutant_like: bool, anatomy: Anatomy) -> TumorSpec:
-    """Draw a lesion with the imaging phenotype of an IDH-mutant or IDH-wildtype glioma."""
-    draw = _mutant_phenotype if mutant_like else _wildtype_phenotype
+def sample_tumor(rng: np.random.Generator, phenotype: Phenotype | bool, anatomy: Anatomy) -> TumorSpec:
+    """Place and shape a lesion of ``phenotype``; ``rng`` only draws class-independent nuisances.
+
+    A bool instead of a phenotype draws one from the mutant (True) or wildtype distribution
+    first, from the same ``rng`` (the old call style).
+    """
+    if isinstance(phenotype, (bool, np.bool_)):
+        phenotype = draw_phenotype(rng, bool(phenotype))
+    centre = _pick_site(rng, anatomy, phenotype.frontal)
+    axes = tuple(float(a) for a in rng.uniform(0.75, 1.25, size=3))
+    rotation = tuple(tuple(float(v) for v in row) for row in Rotation.random(random_state=rng).as_matrix())
+    shape_seed = int(rng.integers(2**32))
+    cyst_radius, cyst_offset = _cyst_geometry(rng)
     return TumorSpec(
-        centre=_pick_site(rng, anatomy, frontal_bias=0.65 if mutant_like else 0.3),
-        axes=tuple(float(a) for a in rng.uniform(0.75, 1.25, size=3)),
-        rotation=tuple(tuple(float(v) for v in row) for row in Rotation.random(random_state=rng).as_matrix()),
-        shape_seed=int(rng.integers(2**32)),
-        **draw(rng),
+        centre=centre,
+        core_radius_mm=phenotype.core_radius_mm,
+        axes=axes,
+        rotation=rotation,
+        edema_ratio=phenotype.edema_ratio,
+        necrosis_fraction=phenotype.necrosis_fraction if phenotype.necrosis else 0.0,
+        enhancement=phenotype.enhancement,
+        enhancement_strength=phenotype.enhancement_strength or 0.0,
+        margin_mm=phenotype.margin_mm,
+        irregularity=phenotype.irregularity,
+        heterogeneity=phenotype.heterogeneity,
+        mismatch=phenotype.mismatch,
+        shape_seed=shape_seed,
+        cyst_radius=cyst_radius if phenotype.cyst else 0.0,
+        cyst_offset=cyst_offset,
     )
 
 
@@ -75,39 +106,20 @@ def grown(spec: TumorSpec, rng: np.random.Generator) -> TumorSpec:
     return dataclasses.replace(spec, growth=spec.growth * float(rng.uniform(0.95, 1.15)))
 
 
-def _mutant_phenotype(rng: np.random.Generator) -> dict:
-    enhancement = rng.choice(["none", "patchy", "ring"], p=[0.75, 0.2, 0.05])
-    return dict(
-        core_radius_mm=float(np.clip(rng.normal(21, 5), 10, 34)),
-        edema_ratio=float(rng.uniform(1.05, 1.3)),
-        necrosis_fraction=float(rng.uniform(0.3, 0.5)) if rng.random() < 0.08 else 0.0,
-        enhancement=str(enhancement),
-        enhancement_strength=float(rng.uniform(0.3, 0.7)),
-        margin_mm=float(rng.uniform(0.5, 1.5)),
-        irregularity=float(rng.uniform(0.08, 0.18)),
-        heterogeneity=float(rng.uniform(0.03, 0.08)),
-        mismatch=bool(rng.random() < 0.5),
-    )
+def _cyst_geometry(rng: np.random.Generator) -> tuple[float, tuple[float, float, float]]:
+    """Cyst radius and centre (in core radii, lesion frame), drawn whether or not there is a cyst,
+    from one distribution for both classes: only the cyst's presence carries IDH information."""
+    radius = float(rng.uniform(*CYST_RADIUS))
+    direction = rng.standard_normal(3)
+    direction /= np.linalg.norm(direction)
+    distance = float(rng.uniform(0.0, 0.85 - radius))
+    return radius, tuple(float(v) for v in direction * distance)
 
 
-def _wildtype_phenotype(rng: np.random.Generator) -> dict:
-    enhancement = rng.choice(["ring", "patchy", "none"], p=[0.82, 0.1, 0.08])
-    return dict(
-        core_radius_mm=float(np.clip(rng.normal(17, 4), 8, 30)),
-        edema_ratio=float(rng.uniform(1.5, 2.3)),
-        necrosis_fraction=float(rng.uniform(0.4, 0.7)) if enhancement == "ring" else 0.0,
-        enhancement=str(enhancement),
-        enhancement_strength=float(rng.uniform(0.8, 1.2)),
-        margin_mm=float(rng.uniform(2.0, 4.5)),
-        irregularity=float(rng.uniform(0.15, 0.3)),
-        heterogeneity=float(rng.uniform(0.1, 0.2)),
-        mismatch=bool(rng.random() < 0.03),
-    )
-
-
-def _pick_site(rng: np.random.Generator, anatomy: Anatomy, frontal_bias: float) -> tuple[int, int, int]:
-    frontal = anatomy.frontal_site if rng.random() < frontal_bias else ~anatomy.frontal_site
-    pool = anatomy.tumor_sites[frontal] if frontal.any() else anatomy.tumor_sites
+def _pick_site(rng: np.random.Generator, anatomy: Anatomy, frontal: bool) -> tuple[int, int, int]:
+    """A uniformly drawn site in the frontal region or elsewhere (anywhere if that region is empty)."""
+    region = anatomy.frontal_site if frontal else ~anatomy.frontal_site
+    pool = anatomy.tumor_sites[region] if region.any() else anatomy.tumor_sites
     return tuple(int(v) for v in pool[rng.integers(len(pool))])
 
 
@@ -120,13 +132,26 @@ def draw_lesion(spec: TumorSpec, anatomy: Anatomy) -> Lesion:
     local = offsets_mm @ np.asarray(spec.rotation) / np.asarray(spec.axes)
     radius = np.sqrt((local**2).sum(axis=-1)) / core_mm / (1.0 + spec.irregularity * smooth_noise(rng, shape, 5))
     lesion, core, necrosis = _nested_regions(spec, radius, anatomy.wm[box], spec.margin_mm / core_mm, rng)
-    enhancing = (core - necrosis) * _enhancing_share(spec, rng, shape)
+    enhancing = (core - necrosis) * _enhancing_share(spec, rng, shape, radius)
     inside = anatomy.brain[box].astype(np.float32)
-    weights = [w * inside for w in (lesion - core, core - necrosis - enhancing, necrosis, enhancing)]
+    cyst_share = _cyst_share(spec, local / core_mm)
+    weights = [lesion - core, core - necrosis - enhancing, necrosis, enhancing]
+    weights = [weights[0]] + [w * (1.0 - cyst_share) for w in weights[1:]] + [core * cyst_share]
+    weights = [w * inside for w in weights]
     rim = (core - _inside(radius / 0.8, spec.margin_mm / core_mm * 0.5)) * inside if spec.mismatch else 0 * core
     texture = 1.0 + spec.heterogeneity * smooth_noise(rng, shape, 8)
-    labels = _labels(lesion, core, enhancing, anatomy.brain[box])
-    return Lesion(box, *weights, flair_rim=np.clip(rim, 0, 1), texture=texture, labels=labels)
+    labels = _labels(lesion, core, weights[3], anatomy.brain[box])
+    edema, solid, necrotic, enhancing, cyst = weights
+    return Lesion(box, edema, solid, necrotic, enhancing, flair_rim=np.clip(rim, 0, 1), texture=texture,
+                  labels=labels, cyst=cyst)
+
+
+def _cyst_share(spec: TumorSpec, local_radii: np.ndarray) -> np.ndarray | float:
+    """Sharply bounded ball inside the core (coordinates in core radii); 0 without a cyst."""
+    if spec.cyst_radius <= 0:
+        return 0.0
+    distance = np.sqrt(((local_radii - np.asarray(spec.cyst_offset, np.float32)) ** 2).sum(axis=-1))
+    return _inside(distance / spec.cyst_radius, CYST_EDGE)
 
 
 def _nested_regions(spec: TumorSpec, radius: np.ndarray, white: np.ndarray, width: float, rng: np.random.Generator):
@@ -159,12 +184,14 @@ def _inside(normalised_radius: np.ndarray, width: float) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(np.clip((normalised_radius - 1.0) / max(width, 1e-3), -30, 30)))).astype(np.float32)
 
 
-def _enhancing_share(spec: TumorSpec, rng: np.random.Generator, shape) -> np.ndarray | float:
-    """Share of living tumor that enhances: all of it for a ring, scattered patches, or none."""
+def _enhancing_share(spec: TumorSpec, rng: np.random.Generator, shape, radius: np.ndarray) -> np.ndarray | float:
+    """Share of living tumor that enhances: the core's outer shell for a ring (so some solid,
+    non-enhancing tumor always remains inside it), scattered patches (about a sixth), or none."""
+    patches = smooth_noise(rng, shape, 7)  # always drawn: the texture draws stay the same
     if spec.enhancement == "ring":
-        return 1.0
+        return 1.0 - _inside(radius / RING_INNER, 0.05)
     if spec.enhancement == "patchy":
-        return _inside(-smooth_noise(rng, shape, 7) / 1.6 + 2.0, 0.15)
+        return _inside(2.0 - patches, 0.15)
     return 0.0
 
 

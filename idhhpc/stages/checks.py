@@ -7,6 +7,7 @@ stage is idempotent and resumes).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -32,12 +33,16 @@ def same_sections(config: JobConfig, previous: JobConfig | None, *sections: str)
 
 def training_finished(config: JobConfig, previous: JobConfig | None, run_name: str) -> bool:
     """``selection.json`` and ``model.pt`` written after the split by a finished run of this very
-    configuration (tuned values included)."""
+    configuration (tuned values included), calibrated and thresholded as the job now asks."""
     work = WorkDir(config.work_dir)
     inputs = [work.splits, work.index, work.best_config]
     if not (newer(work.selection(run_name), *inputs) and newer(work.exported_model(run_name), *inputs)):
         return False
     if not same_sections(config, previous, "data"):
         return False
+    selection = json.loads(work.selection(run_name).read_text())
+    if (selection.get("calibration"), selection.get("threshold_method")) != (
+            config.evaluate.calibration, config.evaluate.threshold):
+        return False  # rerunning only recomputes them: the finished training resumes at its end
     last = torch.load(work.last_checkpoint(run_name), map_location="cpu", weights_only=True, mmap=True)
     return last.get("config_hash") == training_config_hash(apply_tuned(config)) and bool(last["progress"]["finished"])

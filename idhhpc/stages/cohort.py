@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import tempfile
@@ -13,6 +14,7 @@ from idhhpc.config import JobConfig
 from idhhpc.data import cohort as ingest
 from idhhpc.data.ucsf_pdgm import METADATA_GLOB
 from idhhpc.phantoms import generate_cohort
+from idhhpc.phantoms.cohort import GENERATOR_VERSION
 from idhhpc.stages.checks import newer, same_sections
 from idhhpc.stages.step import Step
 from idhhpc.workdir import WorkDir
@@ -63,7 +65,7 @@ def summarise(cohort: ingest.Cohort) -> CohortSummary:
 def reason_kind(reason: str) -> str:
     """Group reasons for the summary table: drop the file-specific part of the message."""
     text = reason.split(": ", 1)[-1] if " line " in reason.split(": ", 1)[0] else reason
-    for kind in ("follow-up scan", "unlabeled IDH", "unrecognised IDH", "duplicate patient", "missing", "has no row",
+    for kind in ("follow-up scan", "unlabeled IDH", "unrecognised IDH", "contradictory IDH", "duplicate patient", "missing", "has no row",
                  "has no image folder", "not a 3-D", "unreadable", "differs from", "unsafe patient id", "ambiguous"):
         if kind in text:
             return kind
@@ -80,7 +82,7 @@ def ensure_phantom_cohort(config: JobConfig) -> None:
     spec, root = config.data.phantom, config.data.root
     if spec is None:
         return
-    wanted = spec.model_dump_json()
+    wanted = json.dumps({"generator": GENERATOR_VERSION, "spec": json.loads(spec.model_dump_json())}, sort_keys=True)
     marker = root / PHANTOM_SPEC_FILE
     if marker.is_file() and marker.read_text() == wanted:
         return

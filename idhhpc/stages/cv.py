@@ -1,20 +1,41 @@
-"""Stage ``cv``: one training job per fold of ``splits.json`` (a Slurm array on a cluster).
+"""Stage ``cv``: one training job per fold (a Slurm array on a cluster), then the out-of-fold summary.
 
 Each fold is a submitit ``Checkpointable`` job: on Slurm's preemption or time-limit signal the
-trainer saves ``last.pt`` at the next micro-step and the job is requeued, resuming exactly.
+trainer saves ``last.pt`` at the next micro-step and the job is requeued, resuming exactly. The
+summary step pools every fold's validation predictions into ``reports/cv/oof_predictions.csv``
+(each non-test patient once) and scores them beside the classical baseline on the same folds and,
+for phantom cohorts, the Bayes-optimal score on the same patients.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from idhhpc.atomic import atomic_write_json, atomic_write_text
 from idhhpc.config import JobConfig
-from idhhpc.data.splits import load_splits
-from idhhpc.stages.checks import training_finished
+from idhhpc.data.oracle import load_oracle
+from idhhpc.data.splits import load_splits, non_test_patients, splits_fingerprint
+from idhhpc.evaluate import baseline
+from idhhpc.evaluate.crossval import (
+    CrossValidationSummary,
+    OutOfFold,
+    Scored,
+    pool_folds,
+)
+from idhhpc.evaluate.plots import plot_roc_comparison
+from idhhpc.evaluate.report import cross_validation_section
+from idhhpc.evaluate.thresholds import choose_threshold
+from idhhpc.stages.checks import newer, training_finished
 from idhhpc.stages.step import Step
+from idhhpc.tracking.runs import stage_run
 from idhhpc.train.fitting import train_run
 from idhhpc.train.preemption import TrainingJob
 from idhhpc.train.stopping import StopRequest
+from idhhpc.workdir import WorkDir
+
+ROC_FIGURE = "oof_roc.png"
+BASELINE, ORACLE = "classical baseline", "Bayes optimum"
 
 
 def fold_run_name(fold: int) -> str:
@@ -33,8 +54,71 @@ def _cv_fold(config: JobConfig, fold: int, stop: StopRequest | None = None) -> d
 run_cv_fold = TrainingJob(_cv_fold)
 
 
+def run_cv_summary(config: JobConfig) -> dict[str, Any]:
+    """Write the out-of-fold predictions, their summary and report; log the summary to MLflow."""
+    work, splits = WorkDir(config.work_dir), load_splits(config)
+    with stage_run(config, "cv-summary") as run:
+        selections = [json.loads(work.selection(fold_run_name(f)).read_text()) for f in range(config.split.folds)]
+        oof = pool_folds(selections, non_test_patients(splits))
+        curves = comparison_scores(config, splits, oof)
+        summary = summarise(config, splits, oof, selections, curves)
+        atomic_write_text(work.oof_predictions, oof.csv_text())
+        atomic_write_json(work.cv_summary, summary.to_dict())
+        _write_report(work, oof, curves, summary)
+        run.log_metrics(summary.metrics())
+        for path in (work.oof_predictions, work.cv_summary, work.cv_reports / ROC_FIGURE):
+            run.log_artifact(path, "cv")
+    return summary.to_dict()
+
+
+def comparison_scores(config: JobConfig, splits: dict[str, Any], oof: OutOfFold) -> dict[str, list[float]]:
+    """Scores of the same patients by the classical baseline on the same folds (when tumour masks
+    exist) and by the Bayes optimum (when the phantom cohort knows it for every one of them)."""
+    scores: dict[str, list[float]] = {}
+    features = baseline.tumour_features(WorkDir(config.work_dir).index, oof.patient_ids)
+    if (features == features).any():
+        probs = baseline.out_of_fold_probabilities(dict(zip(oof.patient_ids, features)), splits["labels"],
+                                                   splits["folds"], config.seed)
+        scores[BASELINE] = [probs[pid] for pid in oof.patient_ids]
+    oracle = load_oracle(config)
+    if oracle and all(pid in oracle for pid in oof.patient_ids):
+        scores[ORACLE] = [oracle[pid] for pid in oof.patient_ids]
+    return scores
+
+
+def summarise(config: JobConfig, splits: dict[str, Any], oof: OutOfFold, selections: list[dict[str, Any]],
+              scores: dict[str, list[float]]) -> CrossValidationSummary:
+    resamples, seed = config.evaluate.bootstrap, config.seed
+    scored = {name: Scored.of(oof.labels, values, resamples, seed) for name, values in scores.items()}
+    return CrossValidationSummary(
+        network=Scored.of(oof.labels, oof.probs, resamples, seed), baseline=scored.get(BASELINE),
+        oracle=scored.get(ORACLE), oracle_coverage=len(scores.get(ORACLE, [])),
+        threshold=choose_threshold(oof.labels, oof.probs, config.evaluate.threshold),
+        per_fold_auc=[float(s["val_auc"]) for s in selections], splits_fingerprint=splits_fingerprint(splits))
+
+
+def _write_report(work: WorkDir, oof: OutOfFold, scores: dict[str, list[float]],
+                  summary: CrossValidationSummary) -> None:
+    curves = {"network": (oof.labels, oof.probs), **{name: (oof.labels, values) for name, values in scores.items()}}
+    plot_roc_comparison(curves, work.cv_reports / ROC_FIGURE, "Out-of-fold ROC on the non-test patients")
+    lines = ["# Cross-validation", "", *cross_validation_section(summary.to_dict()), "",
+             f"![Out-of-fold ROC]({ROC_FIGURE})", ""]
+    atomic_write_text(work.cv_reports / "report.md", "\n".join(lines))
+
+
 def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
     return all(training_finished(config, previous, fold_run_name(f)) for f in range(config.split.folds))
 
 
-STEPS = (Step("cv", "cv", run_cv_fold, tasks=fold_tasks, outputs_verify=outputs_verify),)
+def summary_verify(config: JobConfig, previous: JobConfig | None) -> bool:
+    """The summary is newer than every fold's selection and the folds' outputs verify."""
+    work = WorkDir(config.work_dir)
+    selections = [work.selection(fold_run_name(f)) for f in range(config.split.folds)]
+    return outputs_verify(config, previous) and newer(work.cv_summary, *selections) and newer(
+        work.oof_predictions, *selections)
+
+
+STEPS = (
+    Step("cv", "cv", run_cv_fold, tasks=fold_tasks, outputs_verify=outputs_verify),
+    Step("cv-summary", "cv", run_cv_summary, outputs_verify=summary_verify),
+)

@@ -1,57 +1,138 @@
-"""Stage ``evaluate``: the exported model on the held-out test set, at the threshold chosen on validation.
+"""Stage ``evaluate``: the held-out test set, scored by the fold ensemble and by the final fit.
 
-Writes ``reports/`` (metrics with bootstrap CIs, predictions, figures, ``report.md``) and logs
-the test metrics, with the cross-validation summary, to MLflow.
+The headline model (``evaluate.ensemble``) writes ``reports/`` (metrics with bootstrap CIs,
+predictions, figures, ``report.md``); the report also shows the other model, the classical
+baseline and, for phantom cohorts, the Bayes-optimal score on the same test patients, the
+calibration and the out-of-fold figures of the ``cv`` stage.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from idhhpc.config import JobConfig
 from idhhpc.data.dataset import ShardDataset
-from idhhpc.data.splits import load_splits
+from idhhpc.data.oracle import load_oracle
+from idhhpc.data.splits import load_splits, non_test_patients
 from idhhpc.devices import resolve_device
+from idhhpc.evaluate import baseline
+from idhhpc.evaluate.crossval import Scored
+from idhhpc.evaluate.metrics import compute_metrics
 from idhhpc.evaluate.outputs import evaluate_predictions
+from idhhpc.evaluate.report import cross_validation_section
+from idhhpc.model.initialisation import describe_initialisation
 from idhhpc.predictor import Predictor
 from idhhpc.stages.checks import newer, same_sections
 from idhhpc.stages.cv import fold_run_name
 from idhhpc.stages.fit import RUN_NAME as FIT_RUN
 from idhhpc.stages.step import Step
+from idhhpc.tracking.records import log_evaluation
 from idhhpc.tracking.runs import stage_run
 from idhhpc.workdir import WorkDir
 
 
+@dataclass
+class TestScores:
+    """One model's calibrated test probabilities and the threshold chosen for it on validation."""
+
+    name: str
+    probs: np.ndarray
+    threshold: float
+    history: list[dict] | None
+
+
 def run_evaluate(config: JobConfig) -> dict[str, Any]:
     work = WorkDir(config.work_dir)
-    predictor = Predictor.load(work.exported_model(FIT_RUN), resolve_device(config.train.device))
-    history = json.loads(work.selection(FIT_RUN).read_text())["history"]
-    test = ShardDataset(work.index, load_splits(config)["test"])
-    probs = predictor.predict_proba(test)
-    metrics = evaluate_predictions(test.labels, probs, predictor.threshold, test.patient_ids, work.reports,
-                                   history=history, n_resamples=config.evaluate.bootstrap, seed=config.seed)
-    cv = cross_validation_summary(config)
-    with stage_run(config, "evaluate") as run:
-        run.log_metrics({f"test/{k}": float(v) for k, v in metrics.items() if _finite(v)} | cv)
-        for path in sorted(work.reports.glob("*")):
-            if path.is_file():
-                run.log_artifact(path, "reports")
-    return {"metrics": metrics, "cv": cv, "threshold": predictor.threshold}
+    test_ids = load_splits(config)["test"]
+    with stage_run(config, "evaluate", patients={"test": test_ids}) as run:
+        test = ShardDataset(work.index, test_ids)
+        models = score_models(config, test)
+        headline = models.get(config.evaluate.ensemble) or models.get(FIT_RUN) or next(iter(models.values()))
+        sections = report_sections(config, test, models, headline)
+        metrics = evaluate_predictions(test.labels, headline.probs, headline.threshold, test.patient_ids,
+                                       work.reports, history=headline.history, n_resamples=config.evaluate.bootstrap,
+                                       seed=config.seed, sections=sections)
+        other = {f"test/{m.name}_auc": compute_metrics(test.labels, m.probs, m.threshold)["auc"] for m in models.values()}
+        served = work.exported_model(FIT_RUN)  # the model predict and the registry serve
+        log_evaluation(run, config, work.reports, {k: v for k, v in other.items() if _finite(v)}
+                       | cross_validation_summary(config), export=served if served.is_file() else None)
+    return {"metrics": metrics, "model": headline.name, "threshold": headline.threshold}
+
+
+def score_models(config: JobConfig, test: ShardDataset) -> dict[str, TestScores]:
+    """The fit model and, when every fold exported one, the mean of the fold models."""
+    work, device = WorkDir(config.work_dir), resolve_device(config.train.device)
+    models = {}
+    if work.exported_model(FIT_RUN).is_file():
+        fit = Predictor.load(work.exported_model(FIT_RUN), device)
+        history = json.loads(work.selection(FIT_RUN).read_text())["history"]
+        models[FIT_RUN] = TestScores(FIT_RUN, fit.predict_proba(test), fit.threshold, history)
+    fold_models = [work.exported_model(fold_run_name(f)) for f in range(config.split.folds)]
+    if all(path.is_file() for path in fold_models) and work.cv_summary.is_file():
+        probs = np.mean([Predictor.load(path, device).predict_proba(test) for path in fold_models], axis=0)
+        threshold = json.loads(work.cv_summary.read_text())["threshold"]  # chosen on the pooled out-of-fold
+        models["folds"] = TestScores("folds", probs, float(threshold), None)
+    if not models:
+        raise FileNotFoundError(f"no trained model in {work.root / 'checkpoints'}: run the fit or cv stage first")
+    return models
+
+
+def report_sections(config: JobConfig, test: ShardDataset, models: dict[str, TestScores],
+                    headline: TestScores) -> list[str]:
+    work = WorkDir(config.work_dir)
+    lines = ["## Models", "", f"Headline: **{_model_title(headline.name, config)}**. {describe_initialisation(config)}",
+             "", "| model | test AUC [95 % CI] | accuracy | F1 (weighted) | threshold |", "| --- | --- | --- | --- | --- |"]
+    for model in models.values():
+        metrics = compute_metrics(test.labels, model.probs, model.threshold)
+        scored = Scored.of(list(test.labels), model.probs.tolist(), config.evaluate.bootstrap, config.seed)
+        lines.append(f"| {_model_title(model.name, config)} | {scored.text()} | {metrics['accuracy']:.3f} | "
+                     f"{metrics['f1_weighted']:.3f} | {model.threshold:.3f} |")
+    lines += ["", *reference_scorers(config, test, headline), ""]
+    if work.cv_summary.is_file():
+        lines += [*cross_validation_section(json.loads(work.cv_summary.read_text())), ""]
+    return lines
+
+
+def reference_scorers(config: JobConfig, test: ShardDataset, headline: TestScores) -> list[str]:
+    """The classical baseline (fitted on every non-test patient) and the Bayes optimum on the test patients."""
+    labels, rows = list(test.labels), []
+    features = baseline.tumour_features(test.index_path, list(test.patient_ids))
+    if (features == features).any():
+        train_ids = non_test_patients(load_splits(config))
+        train_features = baseline.tumour_features(test.index_path, train_ids)
+        model = baseline.fit_baseline(dict(zip(train_ids, train_features)), load_splits(config)["labels"], train_ids,
+                                      config.seed)
+        rows.append(("classical baseline (tumour intensity statistics)", model.predict_proba(features)[:, 1].tolist()))
+    oracle = load_oracle(config)
+    if oracle and all(pid in oracle for pid in test.patient_ids):
+        rows.append(("Bayes-optimal score (phantom oracle)", [oracle[pid] for pid in test.patient_ids]))
+    if not rows:
+        return []
+    resamples, seed = config.evaluate.bootstrap, config.seed
+    lines = ["On the same test patients:", "", "| scorer | test AUC [95 % CI] |", "| --- | --- |",
+             f"| headline model | {Scored.of(labels, headline.probs.tolist(), resamples, seed).text()} |"]
+    return lines + [f"| {name} | {Scored.of(labels, scores, resamples, seed).text()} |" for name, scores in rows]
+
+
+def _model_title(name: str, config: JobConfig) -> str:
+    return f"mean of the {config.split.folds} fold models" if name == "folds" else "final fit (70/15 split)"
 
 
 def cross_validation_summary(config: JobConfig) -> dict[str, float]:
-    """Mean and spread of the folds' best validation AUC, when the cv stage ran."""
+    """Mean and spread of the folds' validation AUC and the pooled out-of-fold AUC, when cv ran."""
     work = WorkDir(config.work_dir)
     selections = [work.selection(fold_run_name(fold)) for fold in range(config.split.folds)]
-    aucs = [json.loads(path.read_text())["val_auc"] for path in selections if path.is_file()]
-    aucs = [a for a in aucs if _finite(a)]
-    if not aucs:
-        return {}
-    return {"cv/mean_auc": float(np.mean(aucs)), "cv/std_auc": float(np.std(aucs)), "cv/folds": float(len(aucs))}
+    aucs = [a for a in (json.loads(p.read_text())["val_auc"] for p in selections if p.is_file()) if _finite(a)]
+    summary = {"cv/mean_auc": float(np.mean(aucs)), "cv/std_auc": float(np.std(aucs)),
+               "cv/folds": float(len(aucs))} if aucs else {}
+    if work.cv_summary.is_file():
+        summary["cv/oof_auc"] = json.loads(work.cv_summary.read_text())["network"]["auc"]
+    return {k: float(v) for k, v in summary.items() if _finite(v)}
 
 
 def _finite(value: Any) -> bool:
@@ -59,11 +140,13 @@ def _finite(value: Any) -> bool:
 
 
 def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
-    """The report and predictions are newer than the exported model; ``evaluate`` is unchanged."""
+    """The report and predictions are newer than every model and the out-of-fold summary, and
+    ``evaluate`` is unchanged."""
     work = WorkDir(config.work_dir)
-    model = work.exported_model(FIT_RUN)
-    return newer(work.report, model) and newer(work.predictions, model) and same_sections(
-        config, previous, "data", "evaluate")
+    inputs = [work.exported_model(FIT_RUN), work.cv_summary,
+              *(work.exported_model(fold_run_name(f)) for f in range(config.split.folds))]
+    return (newer(work.report, *inputs) and newer(work.predictions, *inputs)
+            and same_sections(config, previous, "data", "evaluate"))
 
 
 STEPS = (Step("evaluate", "evaluate", run_evaluate, outputs_verify=outputs_verify),)

@@ -7,6 +7,7 @@ the tumor (CAM energy in the tumor, pointing game, against their chance levels).
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 from typing import Any, Iterator
 
 from idhhpc.atomic import atomic_write_text
@@ -18,8 +19,10 @@ from idhhpc.devices import resolve_device
 from idhhpc.explain.explainer import explain_cases
 from idhhpc.predictor import Predictor
 from idhhpc.stages.checks import newer, same_sections
+from idhhpc.stages.cv import fold_run_name
 from idhhpc.stages.fit import RUN_NAME as FIT_RUN
 from idhhpc.stages.step import Step
+from idhhpc.tracking.records import log_explanation
 from idhhpc.tracking.runs import stage_run
 from idhhpc.workdir import WorkDir
 
@@ -27,21 +30,23 @@ GALLERY_LINK = "\n## Explanations\n\nGrad-CAM gallery of the test patients: [exp
                "([HTML](explain/gallery.html)); statistics in `explain/cam_statistics.json`.\n"
 
 
+def explained_model(work: WorkDir) -> Path:
+    """Grad-CAM explains one network: the final fit, or the first fold model without one."""
+    fit = work.exported_model(FIT_RUN)
+    return fit if fit.is_file() else work.exported_model(fold_run_name(0))
+
+
 def run_explain(config: JobConfig) -> dict[str, float]:
     work = WorkDir(config.work_dir)
-    predictor = Predictor.load(work.exported_model(FIT_RUN), resolve_device(config.train.device))
     splits = load_splits(config)
     patients = choose_patients(splits["test"], splits["labels"], config.explain.max_cases)
-    result = explain_cases(predictor.model, iter_cases(work, patients, _evaluated_probs(work)), work.explanations,
-                           predictor.threshold, config.explain.layer, methods=tuple(config.explain.methods),
-                           to_native=lambda cam, case: to_native(cam, case["geometry"]))
-    _link_gallery_from_report(work)
-    with stage_run(config, "explain") as run:
-        run.log_metrics({k: v for k, v in result["summary"].items() if v == v})
-        for path in [*result["galleries"], result["statistics"]]:
-            run.log_artifact(path, "explain")
-        for case in result["cases"]:
-            run.log_artifact(work.patient_report(case["patient_id"]), f"explain/{case['patient_id']}")
+    with stage_run(config, "explain", patients={"test": patients}) as run:
+        predictor = Predictor.load(explained_model(work), resolve_device(config.train.device))
+        result = explain_cases(predictor.model, iter_cases(work, patients, _evaluated_probs(work)), work.explanations,
+                               predictor.threshold, config.explain.layer, methods=tuple(config.explain.methods),
+                               to_native=lambda cam, case: to_native(cam, case["geometry"]))
+        _link_gallery_from_report(work)
+        log_explanation(run, config, result, [work.patient_report(case["patient_id"]) for case in result["cases"]])
     return result["summary"]
 
 
@@ -83,7 +88,7 @@ def _link_gallery_from_report(work: WorkDir) -> None:
 def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
     """The gallery is newer than the model and the test predictions; ``explain`` is unchanged."""
     work = WorkDir(config.work_dir)
-    return (newer(work.gallery, work.exported_model(FIT_RUN), work.predictions)
+    return (newer(work.gallery, explained_model(work), work.predictions)
             and same_sections(config, previous, "data", "explain"))
 
 

@@ -18,7 +18,7 @@ from idhhpc.data import cohort as ingest
 from idhhpc.data.cases import CaseFiles
 from idhhpc.data.dataset import verify_shards
 from idhhpc.data.preprocess import settings_hash
-from idhhpc.data.shards import ShardReport, build_shard, merge_index
+from idhhpc.data.shards import ShardReport, build_shard, merge_index, shard_name
 from idhhpc.stages.checks import newer, same_sections
 from idhhpc.stages.cohort import TooFewPatients
 from idhhpc.stages.step import Step
@@ -78,8 +78,30 @@ def _build(config: JobConfig, shard_index: int, progress: bool) -> ShardReport |
     if shard_index >= len(plan):
         log.info("shard %d: nothing to do (%d shards planned)", shard_index, len(plan))
         return None
-    return build_shard(shard_index, plan[shard_index], WorkDir(config.work_dir).shards, config.preprocess,
-                       list(config.data.modalities), config.preprocess.compression, progress=progress)
+    cases, total = plan[shard_index], sum(len(shard) for shard in plan)
+    first = sum(len(shard) for shard in plan[:shard_index])
+    log.info("shard %d/%d: preprocessing patients %d-%d of %d (%s)", shard_index + 1, len(plan), first + 1,
+             first + len(cases), total, ", ".join(case.patient_id for case in cases))
+    report = build_shard(shard_index, cases, WorkDir(config.work_dir).shards, config.preprocess,
+                         list(config.data.modalities), config.preprocess.compression, progress=progress)
+    log.info("shard %d/%d %s: %d of %d patients stored, %d quarantined, %.1f s; patients done %d/%d",
+             shard_index + 1, len(plan), report.status, report.n_written, report.n_planned, len(report.quarantined),
+             report.seconds, _patients_done(config, plan), total)
+    return report
+
+
+def _patients_done(config: JobConfig, plan: list[list[CaseFiles]]) -> int:
+    """Patients of every shard (this task's and the other array tasks') whose sidecar says it is
+    built with these settings: the array's progress as far as this task can see it."""
+    shards, shash, done = WorkDir(config.work_dir).shards, shard_hash(config), 0
+    for index, cases in enumerate(plan):
+        try:
+            sidecar = json.loads((shards / f"{shard_name(index)}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if sidecar.get("settings_hash") == shash and len(sidecar.get("planned", [])) == len(cases):
+            done += len(cases)
+    return done
 
 
 def failing_patient(tb: types.TracebackType | None) -> str | None:
@@ -120,6 +142,7 @@ def run_merge_index(config: JobConfig) -> PreprocessSummary:
     """Verify every shard, write ``shards/index.json`` and add preprocessing rejects to the quarantine."""
     work = WorkDir(config.work_dir)
     n_shards = len(shard_plan(config))
+    log.info("checking %d shards against their sidecars and writing %s", n_shards, work.index)
     index = merge_index(work.shards, n_shards, shard_hash(config))
     rejected = [(q["patient_id"], q["reason"]) for q in index.get("quarantined", [])]
     known = ingest.read_quarantine(work.quarantine)

@@ -2,21 +2,28 @@
 
 Every operation is safe to send twice: runs carry an ``idhhpc.run_key`` tag that is looked up
 before creating one, metrics keep the timestamp of the original call (the SQL store drops an
-identical metric row), params and tags are rewritten with the same value, artifacts overwrite.
+identical metric row), params and tags are rewritten with the same value, artifacts and tables
+overwrite, dataset inputs are linked once. A keyed image sent twice is stored twice (MLflow names
+each upload uniquely); the image card shows the latest.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.mlflow_tags import (
+    MLFLOW_DATASET_CONTEXT,
+    MLFLOW_LOGGED_ARTIFACTS,
+    MLFLOW_PARENT_RUN_ID,
+    MLFLOW_RUN_NAME,
+)
 
+from idhhpc.tracking.experiment import ensure_experiment
 from idhhpc.tracking.journal import Operation
-from idhhpc.tracking.uris import local_artifact_location
 
 RUN_KEY_TAG = "idhhpc.run_key"
 _BATCH = 100
@@ -39,6 +46,9 @@ class OperationSender:
             "log_metrics": self._log_metrics,
             "set_tags": self._set_tags,
             "log_artifact": self._log_artifact,
+            "log_table": self._log_table,
+            "log_image": self._log_image,
+            "log_inputs": self._log_inputs,
             "end_run": self._end_run,
         }
 
@@ -55,21 +65,8 @@ class OperationSender:
 
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            self._experiment_id = self._get_or_create_experiment()
+            self._experiment_id = ensure_experiment(self.client, self.experiment, self.tracking_uri)
         return self._experiment_id
-
-    def _get_or_create_experiment(self) -> str:
-        found = self.client.get_experiment_by_name(self.experiment)
-        if found is not None:
-            return found.experiment_id
-        try:
-            return self.client.create_experiment(
-                self.experiment, artifact_location=local_artifact_location(self.tracking_uri)
-            )
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-            return self.client.get_experiment_by_name(self.experiment).experiment_id
 
     def _create_run(self, op: Operation) -> None:
         key = op["run"]
@@ -117,6 +114,29 @@ class OperationSender:
         path = Path(op.get("spooled_path") or op["local_path"])
         log: Any = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
         log(self.run_id(op["run"]), str(path), op.get("artifact_path"))
+
+    def _log_table(self, op: Operation) -> None:
+        """A JSON table (pandas ``split`` orient) as ``mlflow.log_table`` stores it, without its
+        append-to-existing behaviour: sending it twice leaves one table."""
+        self._log_artifact(op)
+        run_id = self.run_id(op["run"])
+        listed = json.loads(self.client.get_run(run_id).data.tags.get(MLFLOW_LOGGED_ARTIFACTS, "[]"))
+        entry = {"path": op["artifact_file"], "type": "table"}
+        if entry not in listed:
+            self.client.set_tag(run_id, MLFLOW_LOGGED_ARTIFACTS, json.dumps([*listed, entry]))
+
+    def _log_image(self, op: Operation) -> None:
+        from PIL import Image
+
+        with Image.open(op.get("spooled_path") or op["local_path"]) as image:
+            image.load()
+            self.client.log_image(self.run_id(op["run"]), image, key=op["key"], step=op.get("step") or 0,
+                                  timestamp=op["time_ms"])
+
+    def _log_inputs(self, op: Operation) -> None:
+        inputs = [DatasetInput(Dataset(**entry["dataset"]), [InputTag(MLFLOW_DATASET_CONTEXT, entry["context"])])
+                  for entry in op["datasets"]]
+        self.client.log_inputs(self.run_id(op["run"]), datasets=inputs)
 
     def _end_run(self, op: Operation) -> None:
         self.client.set_terminated(self.run_id(op["run"]), op["status"], op["time_ms"])

@@ -9,17 +9,20 @@ so the server ends up with every record exactly once, as if there had been no ou
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
+import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from idhhpc.tracking.flatten import param_value
 from idhhpc.tracking.journal import Journal, Operation
+from idhhpc.tracking.links import quiet_mlflow_links
 from idhhpc.tracking.outage import Backoff, is_outage, use_short_http_settings
 from idhhpc.tracking.sender import OperationSender
 
@@ -35,6 +38,7 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, experiment: str, spool_dir: Path) -> None:
         use_short_http_settings()
+        quiet_mlflow_links()
         session = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.journal = Journal(Path(spool_dir) / session)
         self.sender = OperationSender(tracking_uri, experiment, self.journal.run_ids)
@@ -61,6 +65,13 @@ class Tracker:
         self.submit(op)
         if params:
             handle.log_params(params)
+        return handle
+
+    def attach(self, run_id: str) -> "RunHandle":
+        """A handle on an existing run (the launch run, from a stage job), to log to it; ending it
+        is left to whoever opened it."""
+        handle = RunHandle(self, f"attached-{run_id}")
+        self.journal.remember_run(handle.key, run_id)
         return handle
 
     def submit(self, op: Operation) -> None:
@@ -99,7 +110,7 @@ class Tracker:
             logger.error("MLflow rejected %s for run %s: %s", op["op"], op["run"], error)
 
     def _journal(self, op: Operation) -> None:
-        if op["op"] == "log_artifact" and "spooled_path" not in op:
+        if "local_path" in op and "spooled_path" not in op:
             try:
                 op = {**op, "spooled_path": str(self.journal.spool_artifact(Path(op["local_path"])))}
             except OSError as error:
@@ -168,6 +179,25 @@ class RunHandle:
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Log a file (or a folder's contents) under ``artifact_path``."""
         self._submit("log_artifact", local_path=str(Path(path).resolve()), artifact_path=artifact_path)
+
+    def log_table(self, rows: Sequence[Mapping[str, Any]], artifact_file: str) -> None:
+        """Rows (dicts with the same keys) as a table artifact at the run's root, the way
+        ``mlflow.log_table`` stores one (pandas ``split`` JSON, listed in ``mlflow.loggedArtifacts``)."""
+        columns = list(rows[0]) if rows else []
+        table = {"columns": columns, "data": [[row.get(c) for c in columns] for row in rows]}
+        with tempfile.TemporaryDirectory(prefix="idhhpc-table-") as folder:
+            path = Path(folder) / artifact_file
+            path.write_text(json.dumps(table, default=str), encoding="utf-8")
+            self._submit("log_table", local_path=str(path), artifact_path=None, artifact_file=artifact_file)
+
+    def log_image(self, path: str | os.PathLike, key: str, step: int = 0) -> None:
+        """A PNG as a keyed image: the run's charts show it as an image card (one per ``key``)."""
+        self._submit("log_image", local_path=str(Path(path).resolve()), key=key, step=step)
+
+    def log_inputs(self, datasets: Sequence[Mapping[str, Any]]) -> None:
+        """Dataset records of :func:`idhhpc.tracking.datasets.cohort_datasets`."""
+        if datasets:
+            self._submit("log_inputs", datasets=list(datasets))
 
     def end(self, status: str = "FINISHED") -> bool:
         """Mark the run ended and try to deliver everything; True when nothing is left pending."""

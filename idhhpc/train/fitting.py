@@ -16,9 +16,17 @@ import torch
 
 from idhhpc.atomic import atomic_path, atomic_write_json
 from idhhpc.config import JobConfig
+from idhhpc.evaluate.calibration import (
+    apply_temperature,
+    fit_temperature,
+    negative_log_likelihood,
+)
 from idhhpc.evaluate.thresholds import choose_threshold
+from idhhpc.model.initialisation import describe_initialisation
 from idhhpc.model.memory import fit_to_memory_budget
 from idhhpc.predictor import EXPORT_FORMAT
+from idhhpc.tracking.identity import training_identity
+from idhhpc.tracking.records import epoch_logger, log_training_figure
 from idhhpc.tracking.runs import stage_run
 from idhhpc.train import distributed
 from idhhpc.train.checkpoint import load_checkpoint
@@ -57,22 +65,25 @@ def train_and_track(config: JobConfig, run_name: str, train_ids: list[str], val_
     run_dir = work.checkpoints(run_name)
     config_hash = training_config_hash(config)  # before the memory plan, a pure function of the config
     network, train_ds, val_ds = training_inputs(config, train_ids, val_ids)  # from the feature cache if usable
+    log.info("%s: %s", run_name, describe_initialisation(config))
     config = fit_to_memory_budget(config, network, train_ds)
     restart = _made_by_other_config(work.last_checkpoint(run_name), config_hash)
     common = dict(config_hash=config_hash, stop=stop, restart=restart, seed=config.seed)
     if not distributed.current().is_main:
         train(network, train_ds, val_ds, config.train, run_dir, **common)
         return {}
-    with stage_run(config, run_name) as run:
+    identity, patients = training_identity(run_name), {"train": train_ids, "val": val_ids}
+    with stage_run(config, run_name, **identity, patients=patients) as run:
         result = train(network, train_ds, val_ds, config.train, run_dir,
-                       on_epoch_end=lambda epoch, metrics: run.log_metrics(_numeric(metrics), step=epoch), **common)
+                       on_epoch_end=epoch_logger(run, config, identity["role"]), **common)
         selection = _selection(config, run_name, result)
         atomic_write_json(work.selection(run_name), selection)
         export_model(config, result, selection, work.exported_model(run_name))
         run.log_metrics({"val/best_auc": selection["val_auc"], "val/threshold": selection["threshold"],
-                         "best_epoch": selection["best_epoch"]})
-        run.log_artifact(work.selection(run_name), "selection")
+                         "val/temperature": selection["temperature"], "best_epoch": selection["best_epoch"]})
+        run.log_artifact(work.selection(run_name))
         run.log_artifact(work.exported_model(run_name), "model")
+        log_training_figure(run, result.history, run_dir)
     return selection
 
 
@@ -87,13 +98,26 @@ def _made_by_other_config(last: Path, config_hash: str) -> bool:
 
 
 def _selection(config: JobConfig, run_name: str, result: TrainResult) -> dict[str, Any]:
+    """The kept epoch, its validation predictions, their calibration and the threshold on them."""
     best = next((h for h in result.history if h["epoch"] == result.best_epoch), {})
-    threshold = choose_threshold(result.best_val_labels, result.best_val_probs, config.evaluate.threshold)
+    labels, raw = result.best_val_labels, result.best_val_probs
+    temperature = _temperature(config, labels, raw)
+    calibrated = apply_temperature(raw, temperature).tolist()
+    threshold = choose_threshold(labels, calibrated, config.evaluate.threshold)
     return {"run": run_name, "best_epoch": result.best_epoch, "val_auc": best.get("val/auc", math.nan),
             "threshold": float(threshold), "threshold_method": config.evaluate.threshold,
+            "calibration": config.evaluate.calibration, "temperature": temperature,
+            "val_nll": {"raw": negative_log_likelihood(labels, raw),
+                        "calibrated": negative_log_likelihood(labels, calibrated)},
             "checkpoint": str(result.best_checkpoint), "history": result.history,
-            "val": {"patient_ids": result.best_val_patient_ids, "labels": result.best_val_labels,
-                    "probs": result.best_val_probs}}
+            "val": {"patient_ids": result.best_val_patient_ids, "labels": labels, "probs_raw": raw,
+                    "probs": calibrated}}
+
+
+def _temperature(config: JobConfig, labels: list[int], probs: list[float]) -> float:
+    if config.evaluate.calibration == "none" or len(set(labels)) < 2:
+        return 1.0
+    return fit_temperature(labels, probs)
 
 
 def export_model(config: JobConfig, result: TrainResult, selection: dict[str, Any], path: Path) -> Path:
@@ -103,12 +127,8 @@ def export_model(config: JobConfig, result: TrainResult, selection: dict[str, An
     weights = load_checkpoint(result.best_checkpoint)["model"]
     payload = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "model": weights,
                "config": config.model_dump_json(), "threshold": selection["threshold"],
-               "threshold_method": selection["threshold_method"], "val_auc": selection["val_auc"],
-               "run": selection["run"]}
+               "threshold_method": selection["threshold_method"], "temperature": selection["temperature"],
+               "val_auc": selection["val_auc"], "run": selection["run"]}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path
-
-
-def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "epoch"}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from monai.losses import FocalLoss
 from torch import nn
@@ -27,9 +29,22 @@ class SoftmaxFocalLoss(nn.Module):
         return per_class.sum(dim=1).mean()
 
 
-def make_loss(settings: TrainConfig) -> nn.Module:
+def make_loss(settings: TrainConfig, labels: Sequence[int] = ()) -> nn.Module:
+    """The configured loss; with ``balance: loss`` it weights each class by its inverse frequency
+    in ``labels`` (the training labels), the one class-balancing mechanism of that setting."""
+    weights = _inverse_frequency(labels) if settings.balance == "loss" else None
     if settings.loss == "focal":
-        return SoftmaxFocalLoss(gamma=settings.focal_gamma, alpha=settings.focal_alpha)
+        alpha = settings.focal_alpha
+        if alpha is None and weights is not None:
+            alpha = float(weights[1] / weights.sum())
+        return SoftmaxFocalLoss(gamma=settings.focal_gamma, alpha=alpha)
     if settings.loss == "ce":
-        return nn.CrossEntropyLoss()
+        return nn.CrossEntropyLoss(weight=weights)
     raise ValueError(f"train.loss must be 'focal' or 'ce', got {settings.loss!r}")
+
+
+def _inverse_frequency(labels: Sequence[int]) -> torch.Tensor:
+    counts = torch.bincount(torch.as_tensor(list(labels), dtype=torch.long), minlength=2).double()
+    if len(labels) == 0 or (counts == 0).any():
+        raise ValueError("train.balance=loss needs training labels of both classes")
+    return (counts.sum() / (2 * counts)).float()

@@ -11,18 +11,41 @@ state) and ends, and only then does ``checkpoint`` return the resubmission, whic
 In a multi-task (data-parallel) job submitit's handler acts on rank 0 only; the stop request
 reaches the other ranks through the trainer, which agrees on it at every micro-step boundary.
 Those ranks then wait for rank 0's requeue to end them instead of reporting a failure.
+
+Preemption is not a failure. submitit counts a USR2 as a time-out (against ``max_timeouts``)
+from wall time alone, so a job preempted late enough, or any job with ``time_min`` of 10 or
+less, is failed after ``max_timeouts`` preemptions; and it ignores SIGTERM, which is how Slurm
+announces preemption without ``preempt_send_user_signal`` (then kills the job unsaved). Inside a
+Slurm job :func:`install_slurm_handlers` asks Slurm instead (``scontrol show job``: PreemptTime
+set, or EndTime still far away, means preempted) and checkpoints on a SIGTERM that announces a
+preemption; any other SIGTERM (scancel, node shutdown) makes the trainer save ``last.pt``
+before Slurm's SIGKILL. In a local job SIGTERM or Ctrl-C from the launcher does the same.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import os
+import signal
+import subprocess
 import threading
 import time
 from typing import Any, Callable
 
 import submitit
+from submitit.core.job_environment import JobEnvironment, SignalHandler
 
 from idhhpc.train.distributed import is_follower_task
 from idhhpc.train.stopping import StopRequest, TrainingInterrupted
+
+log = logging.getLogger(__name__)
+
+SIGNAL_DELAY_S = 90
+"""submitit's default lead time of the time-limit signal (``#SBATCH --signal=USR2@90``)."""
+EARLY_S = 90
+"""Slurm may send the time-limit signal up to a minute earlier than asked (73-88 s seen for @60)."""
+_UNSET = ("", "None", "Unknown", "N/A", "(null)")
 
 
 class TrainingJob(submitit.helpers.Checkpointable):
@@ -54,6 +77,7 @@ class TrainingJob(submitit.helpers.Checkpointable):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self._stop = StopRequest()
         self._outcome = {}
+        self._install_signal_handlers()
         self._thread = threading.Thread(target=self._run, args=(args, kwargs), name="idhhpc-train", daemon=True)
         self._thread.start()
         while self._thread.is_alive():
@@ -101,3 +125,105 @@ class TrainingJob(submitit.helpers.Checkpointable):
     @property
     def interrupted(self) -> bool:
         return isinstance(self._outcome.get("error"), TrainingInterrupted)
+
+    def _install_signal_handlers(self) -> None:
+        """In a job process's main thread (after submitit installed its own): Slurm-aware
+        preemption on Slurm, save-and-stop on SIGTERM/SIGINT in a local job."""
+        if threading.current_thread() is not threading.main_thread() or os.environ.get("SUBMITIT_DEBUG_JOB_ID"):
+            return
+        executor = os.environ.get("SUBMITIT_EXECUTOR")
+        if executor == "slurm":
+            install_slurm_handlers(on_term=self._save_and_stop)
+        elif executor == "local":
+            signal.signal(signal.SIGTERM, self._on_stop_signal)
+            signal.signal(signal.SIGINT, self._on_stop_signal)
+
+    def _on_stop_signal(self, signum: int, frame: Any) -> None:
+        if self._stop is not None and self._stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: give up at once
+        log.warning("%s: saving last.pt at the next micro-step, then stopping", signal.Signals(signum).name)
+        self._save_and_stop()
+
+    def _save_and_stop(self) -> None:
+        if self._stop is not None:
+            self._stop.request()
+
+
+# --- Slurm: tell preemption from the time limit --------------------------------------------------
+
+def scontrol_job() -> dict[str, str]:
+    """This job's ``scontrol show job`` fields ({} when Slurm cannot be asked)."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job_id = f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return {}
+    try:
+        out = subprocess.run(["scontrol", "show", "-o", "job", job_id], capture_output=True, text=True,
+                             timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return dict(token.split("=", 1) for token in out.split() if "=" in token)
+
+
+def slurm_time(value: str | None) -> float | None:
+    """A time as scontrol prints it (local time, no zone) as a Unix timestamp; None when unset."""
+    if value is None or value in _UNSET:
+        return None
+    try:
+        return dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError:
+        return None
+
+
+def classify_signal(fields: dict[str, str], now: float | None = None, signal_delay_s: float = SIGNAL_DELAY_S,
+                    early_s: float = EARLY_S) -> str | None:
+    """"preempted", "timed-out", or None when the fields do not tell (then submitit decides).
+
+    PreemptTime set: slurmctld chose the job for preemption. Otherwise the time-limit signal comes
+    ``signal_delay_s`` (up to a minute more) before EndTime; a signal long before it was sent by
+    hand or by an administrator (``scancel --signal USR2``) and is a preemption too.
+    """
+    if not fields:
+        return None
+    if slurm_time(fields.get("PreemptTime")) is not None:
+        return "preempted"
+    end = slurm_time(fields.get("EndTime"))
+    if end is None:
+        return None
+    remaining = end - (time.time() if now is None else now)
+    return "timed-out" if remaining <= signal_delay_s + early_s else "preempted"
+
+
+def install_slurm_handlers(on_term: Callable[[], None] | None = None) -> bool:
+    """Make submitit's handler of this process ask Slurm whether a USR2 is a time-out, and
+    checkpoint on a SIGTERM that announces a preemption; ``on_term`` handles any other SIGTERM.
+    False when this is not a submitit Slurm job (nothing changed)."""
+    handler = getattr(signal.getsignal(JobEnvironment._usr_sig()), "__self__", None)
+    if not isinstance(handler, SignalHandler) or os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
+        return False
+    stock = handler.has_timed_out
+
+    def has_timed_out() -> bool:
+        verdict = classify_signal(scontrol_job())
+        if verdict is None:
+            log.warning("scontrol could not tell preemption from time-out: using submitit's wall-time rule")
+            return stock()
+        log.info("Slurm says this signal means %s", verdict)
+        return verdict == "timed-out"
+
+    handler.has_timed_out = has_timed_out  # an instance attribute shadows the method
+    handling = threading.Event()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if handling.is_set():  # SIGTERM again (our own requeue ends the step)
+            return
+        handling.set()
+        if slurm_time(scontrol_job().get("PreemptTime")) is not None:
+            log.warning("SIGTERM with PreemptTime set: preempted; checkpointing and requeueing")
+            handler.checkpoint_and_try_requeue(signum, frame)
+        elif on_term is not None:
+            log.warning("SIGTERM (cancelled, or the node is going down): saving last.pt before Slurm kills the job")
+            on_term()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return True

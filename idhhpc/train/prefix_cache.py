@@ -10,7 +10,7 @@ draws one of V precomputed views per patient instead of a fresh augmentation.
 
 The key is a fingerprint of what the prefix output depends on: the shards (their checksums and
 settings), the variant, the modalities, the weights file's sha256, the number of frozen stages,
-the seed (it keys the views) and the stored dtype. Change any of them and the cache is rebuilt
+the seed and the augmentation (they make the views) and the stored dtype. Change any of them and the cache is rebuilt
 in a new folder; the old one is removed once the new one is complete.
 """
 
@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from idhhpc.atomic import sha256_file
 from idhhpc.config import JobConfig, fingerprint
 from idhhpc.data import feature_cache
-from idhhpc.data.augment import AugmentedDataset
+from idhhpc.data.augment import AugmentedDataset, make_train_transform
 from idhhpc.data.dataset import ShardDataset
 from idhhpc.devices import resolve_device
 from idhhpc.model.calibrate import calibrated_network
@@ -57,7 +57,11 @@ def cache_sections(config: JobConfig) -> tuple[str, ...]:
 
 def cached_views(config: JobConfig) -> int:
     """Augmented views to store: none when training does not augment."""
-    return config.cache.views if config.train.augment else 0
+    return config.cache.views if augments(config) else 0
+
+
+def augments(config: JobConfig) -> bool:
+    return config.train.augment != "off"
 
 
 def cache_key(config: JobConfig) -> str:
@@ -66,7 +70,8 @@ def cache_key(config: JobConfig) -> str:
     return fingerprint({"format": feature_cache.FORMAT_VERSION, "shards": index["shards"],
                         "shard_settings": index["settings_hash"], "variant": config.model.variant,
                         "modalities": list(config.data.modalities), "weights": _file_digest(init.source),
-                        "frozen_stages": init.frozen_stages, "seed": config.seed, "dtype": config.cache.dtype})
+                        "frozen_stages": init.frozen_stages, "seed": config.seed, "dtype": config.cache.dtype,
+                        "augment": config.train.augment})
 
 
 def cache_folder(config: JobConfig) -> Path:
@@ -93,7 +98,9 @@ def build_cache(config: JobConfig) -> Path:
     work, folder, views = WorkDir(config.work_dir), cache_folder(config), cached_views(config)
     key = folder.name
     dataset = ShardDataset(work.index)
-    augmented = AugmentedDataset(dataset, seed=derive_seed(config.seed, VIEW_STREAM)) if views else None
+    view_seed = derive_seed(config.seed, VIEW_STREAM)
+    transform = make_train_transform(view_seed, config.train.augment) if views else None
+    augmented = AugmentedDataset(dataset, transform, view_seed) if views else None
     network.to(device)
     sidecars = []
     for shard_index, start in enumerate(range(0, len(dataset), config.cache.shard_size)):
@@ -148,7 +155,7 @@ def usable_cache(config: JobConfig) -> Path | None:
         log.warning("the prefix is frozen but %s holds no feature cache: training through the whole network "
                     "(run the features stage to train from the cache)", folder)
         return None
-    if config.train.augment and not index["views"]:
+    if augments(config) and not index["views"]:
         log.info("training augments and the feature cache %s has no augmented views: training through the whole "
                  "network (cache.views sets them)", folder)
         return None
@@ -165,5 +172,5 @@ def training_inputs(config: JobConfig, train_ids: list[str], val_ids: list[str])
         train_ds = ShardDataset(work.index, train_ids)
         return calibrated_network(config, train_ds), train_ds, ShardDataset(work.index, val_ids)
     network = build_network(config).read_features()
-    return (network, feature_cache.FeatureDataset(folder, train_ids, config.train.augment, config.seed),
+    return (network, feature_cache.FeatureDataset(folder, train_ids, augments(config), config.seed),
             feature_cache.FeatureDataset(folder, val_ids, False, config.seed))

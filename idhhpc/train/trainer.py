@@ -13,10 +13,13 @@ requests are agreed on at every micro-step boundary, and rank 0 alone writes che
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import resource
 import signal
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,13 +45,20 @@ from idhhpc.train.distributed import Distributed
 from idhhpc.train.loss import make_loss
 from idhhpc.train.optim import make_optimizer, make_scaler, make_scheduler
 from idhhpc.train.sampler import epoch_batches, micro_steps_per_epoch
-from idhhpc.train.seeding import capture_rng_state, derive_seed, restore_rng_state, seeded_generator
+from idhhpc.train.seeding import (
+    capture_rng_state,
+    derive_seed,
+    restore_rng_state,
+    seeded_generator,
+)
 from idhhpc.train.step import Optimization, accumulation_window, training_step
 from idhhpc.train.stopping import StopRequest, TrainingInterrupted
 from idhhpc.train.validation import ValidationResult, validate
 
 DROPOUT_STREAM, LOADER_STREAM, VAL_LOADER_STREAM = 3, 4, 5
+LAST_EPOCH = "last"
 EpochCallback = Callable[[int, dict], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,6 +88,7 @@ class _Run:
     config_hash: str
     on_epoch_end: EpochCallback | None
     dist: Distributed
+    epoch_started: float = field(default_factory=time.monotonic)  # for the epoch's log line
 
     @property
     def device(self) -> torch.device:
@@ -123,7 +134,8 @@ def _prepare_run(model, train_ds, val_ds, settings, seed, run_dir, on_epoch_end,
     samples_per_rank = math.ceil(len(labels) / context.world_size)
     opt = Optimization(forward_model=distributed.prepare_model(model, context, device), optimizer=optimizer,
                        scheduler=make_scheduler(optimizer, settings, samples_per_rank),
-                       scaler=make_scaler(use_scaler, device), loss_fn=make_loss(settings).to(device), device=device,
+                       scaler=make_scaler(use_scaler, device), loss_fn=make_loss(settings, labels).to(device),
+                       device=device,
                        amp_dtype=amp_dtype, grad_clip=settings.grad_clip, memory_format=_input_memory_format(model))
     return _Run(model=model, train_ds=train_ds, val_ds=val_ds, labels=labels, settings=settings, seed=seed,
                 run_dir=run_dir, opt=opt, stop=stop or StopRequest(), config_hash=config_hash,
@@ -131,9 +143,9 @@ def _prepare_run(model, train_ds, val_ds, settings, seed, run_dir, on_epoch_end,
 
 
 def _training_dataset(train_ds: Dataset, settings: TrainConfig, seed: int) -> Dataset:
-    if isinstance(train_ds, AugmentedDataset) or not settings.augment:
+    if isinstance(train_ds, AugmentedDataset) or settings.augment == "off":
         return train_ds
-    return AugmentedDataset(train_ds, make_train_transform(seed), seed=seed)
+    return AugmentedDataset(train_ds, make_train_transform(seed, settings.augment), seed=seed)
 
 
 def _labels_of(dataset: Dataset) -> list[int]:
@@ -170,8 +182,8 @@ def _train_epoch(run: _Run, progress: TrainProgress) -> None:
 
 def _epoch_batches(run: _Run, epoch: int) -> list[list[tuple[int, int]]]:
     """This rank's micro-batches as (dataset index, draw position) keys; a pure function of (seed, epoch)."""
-    return epoch_batches(run.labels, run.seed, epoch, run.settings.micro_batch,
-                         run.dist.world_size, run.dist.rank)
+    return epoch_batches(run.labels, run.seed, epoch, run.settings.micro_batch, run.dist.world_size, run.dist.rank,
+                         balanced=run.settings.balance == "sampler")
 
 
 class _DrawKeyed(Dataset):
@@ -240,6 +252,7 @@ def _stop_if_requested(run: _Run, progress: TrainProgress) -> None:
 # --- end of epoch: validation, model selection, early stopping -------------------------------
 
 def _finish_epoch(run: _Run, progress: TrainProgress) -> None:
+    validation_started = time.monotonic()
     val = _validate(run, progress.epoch)
     metrics = _epoch_metrics(run, progress, val)
     progress.history.append(metrics)
@@ -249,8 +262,33 @@ def _finish_epoch(run: _Run, progress: TrainProgress) -> None:
     progress.epoch += 1
     progress.micro_step, progress.loss_sum, progress.loss_count = 0, 0.0, 0
     _save_last(run, progress)
+    _log_epoch(run, metrics, validation_started)
     if run.on_epoch_end is not None and run.dist.is_main:
         run.on_epoch_end(metrics["epoch"], dict(metrics))
+
+
+def _log_epoch(run: _Run, metrics: dict[str, Any], validation_started: float) -> None:
+    """One line per epoch in the job's log (rank 0): during a long fit the only progress a user
+    sees outside MLflow. Seconds count from the previous epoch's end or the start of this call
+    (so the samples/s of an epoch resumed midway reads high: the whole epoch over part of it)."""
+    now = time.monotonic()
+    train_s, val_s = validation_started - run.epoch_started, now - validation_started
+    run.epoch_started = now
+    if not run.dist.is_main:
+        return
+    log.info("epoch %d/%d: train loss %.4f, val auc %.4f, val loss %.4f, lr %.3g, %.1f s (train %.1f s at "
+             "%.1f samples/s, validation and checkpoints %.1f s), peak memory %s", metrics["epoch"] + 1,
+             run.settings.epochs, metrics["train/loss"], metrics["val/auc"], metrics["val/loss"], metrics["lr"],
+             train_s + val_s, train_s, len(run.labels) / max(train_s, 1e-9), val_s, _peak_memory(run.device))
+
+
+def _peak_memory(device: torch.device) -> str:
+    """Peak GPU memory of the epoch (then reset), or this process's peak resident memory on CPU."""
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return f"{peak / 2**30:.2f} GiB (cuda)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (host RSS)"
 
 
 def _validate(run: _Run, epoch: int) -> ValidationResult:
@@ -263,10 +301,14 @@ def _validate(run: _Run, epoch: int) -> ValidationResult:
 
 
 def _validate_on(run: _Run, dataset: Dataset, epoch: int) -> ValidationResult:
-    """The bare model, not DDP: validation needs no gradient sync, and shards may differ in length."""
+    """The bare model, not DDP: validation needs no gradient sync, and shards may differ in length.
+
+    Always in float32, whatever the training precision: the threshold and the calibration chosen
+    on these probabilities are applied to test and new patients, which are scored in float32.
+    """
     batching = dict(batch_size=run.settings.micro_batch, shuffle=False)
     loader = _loader(run, dataset, batching, seeded_generator(run.seed, VAL_LOADER_STREAM, epoch))
-    return validate(run.model, loader, run.opt.loss_fn, run.device, run.opt.amp_dtype, run.opt.memory_format)
+    return validate(run.model, loader, run.opt.loss_fn, run.device, None, run.opt.memory_format)
 
 
 def _epoch_metrics(run: _Run, progress: TrainProgress, val: ValidationResult) -> dict[str, Any]:
@@ -281,11 +323,13 @@ def _epoch_metrics(run: _Run, progress: TrainProgress, val: ValidationResult) ->
 
 
 def _update_best(run: _Run, progress: TrainProgress, metrics: dict, val: ValidationResult) -> None:
+    """Keep the epoch the job selects by: the last one (no choice made on validation patients, so
+    their predictions stay honest out-of-fold figures), or the best by a validation metric."""
     name = run.settings.select_metric
-    if name not in metrics:
+    if name != LAST_EPOCH and name not in metrics:
         raise KeyError(f"train.select_metric {name!r} is not an epoch metric; choose one of {sorted(metrics)}")
-    value = float(metrics[name])
-    if not is_better(value, progress.best_metric, higher_is_better(name)):
+    value = float(progress.epoch if name == LAST_EPOCH else metrics[name])
+    if not is_better(value, progress.best_metric, name == LAST_EPOCH or higher_is_better(name)):
         progress.epochs_without_improvement += 1
         return
     progress.best_metric, progress.best_epoch, progress.epochs_without_improvement = value, progress.epoch, 0

@@ -31,7 +31,12 @@ from idhhpc.train.sampler import epoch_batches
 from idhhpc.train.seeding import derive_seed
 from idhhpc.train.step import Optimization, accumulation_window, training_step
 from idhhpc.train.validation import validate
-from idhhpc.tune.shared import load_tail_state, prefix_fingerprint, shared_prefix_copies, tail_state
+from idhhpc.tune.shared import (
+    load_tail_state,
+    prefix_fingerprint,
+    shared_prefix_copies,
+    tail_state,
+)
 
 DROPOUT_STREAM = 13
 DIVERGED_AUC = 0.0
@@ -58,7 +63,6 @@ class LockstepCV:
             model.read_features()
         self.device = resolve_device(settings.device)
         self.amp_dtype, use_scaler = resolve_amp(settings.amp, self.device)
-        self.loss_fn = make_loss(settings).to(self.device)
         self.models = shared_prefix_copies(model.to(self.device), len(folds))
         self.fingerprint = prefix_fingerprint(model)
         self.folds = [self._fold(m, f, index_path, use_scaler) for m, f in zip(self.models, folds)]
@@ -69,17 +73,18 @@ class LockstepCV:
         labels = [int(v) for v in train_ds.labels]
         optimizer = make_optimizer(model, self.settings)
         opt = Optimization(model, optimizer, make_scheduler(optimizer, self.settings, len(labels)),
-                           make_scaler(use_scaler, self.device), self.loss_fn, self.device, self.amp_dtype,
-                           self.settings.grad_clip)
+                           make_scaler(use_scaler, self.device), make_loss(self.settings, labels).to(self.device),
+                           self.device, self.amp_dtype, self.settings.grad_clip)
         return _Fold(model, train_ds, val_ds, labels, opt)
 
     def _datasets(self, fold: dict[str, list[str]], index_path: Path) -> tuple[Dataset, Dataset]:
+        augment = self.settings.augment != "off"
         if self.features is not None:
-            return (FeatureDataset(self.features, fold["train"], self.settings.augment, self.seed),
+            return (FeatureDataset(self.features, fold["train"], augment, self.seed),
                     FeatureDataset(self.features, fold["val"], False, self.seed))
         train_ds: Dataset = ShardDataset(index_path, fold["train"])
-        if self.settings.augment:
-            train_ds = AugmentedDataset(train_ds, make_train_transform(self.seed), seed=self.seed)
+        if augment:
+            train_ds = AugmentedDataset(train_ds, make_train_transform(self.seed, self.settings.augment), seed=self.seed)
         return train_ds, ShardDataset(index_path, fold["val"])
 
     def epoch(self) -> dict[str, Any]:
@@ -95,7 +100,8 @@ class LockstepCV:
     def _train_epoch(self, index: int, fold: _Fold, epoch: int) -> float:
         if isinstance(fold.train_ds, AugmentedDataset):
             fold.train_ds.set_epoch(epoch)
-        batches = epoch_batches(fold.labels, self.seed, epoch, self.settings.micro_batch)
+        batches = epoch_batches(fold.labels, self.seed, epoch, self.settings.micro_batch,
+                                balanced=self.settings.balance == "sampler")
         fold.model.train()
         by_draw = isinstance(fold.train_ds, AugmentedDataset)
         total = 0.0
@@ -111,7 +117,7 @@ class LockstepCV:
         scheduler drops the configuration instead of the trial crashing and being retried."""
         loader = DataLoader(fold.val_ds, batch_size=self.settings.micro_batch, shuffle=False, num_workers=0)
         try:
-            return validate(fold.model, loader, self.loss_fn, self.device, self.amp_dtype).auc
+            return validate(fold.model, loader, fold.opt.loss_fn, self.device, None).auc
         except ValueError as error:
             if "NaN" not in str(error) and "infinity" not in str(error):
                 raise

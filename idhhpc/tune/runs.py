@@ -13,7 +13,9 @@ from typing import Any, Mapping
 
 from idhhpc.config import JobConfig
 from idhhpc.tracking import RunHandle, Tracker
-from idhhpc.tracking.runs import config_params, tracking_uri
+from idhhpc.tracking.identity import run_params
+from idhhpc.tracking.runs import config_params, tracker_for
+from idhhpc.tracking.tags import source_tags
 from idhhpc.workdir import WorkDir
 
 BEST_TAG = "idhhpc.tune.best"
@@ -30,15 +32,14 @@ def trial_key(sweep: str, trial_id: str) -> str:
     return f"{sweep}-{trial_id}"
 
 
-def tracker_for(config: JobConfig) -> Tracker:
-    return Tracker(tracking_uri(config), config.tracking.experiment, WorkDir(config.work_dir).tracking_spool)
-
-
 def keyed_run(tracker: Tracker, key: str, name: str, parent_run_id: str | None = None,
               params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None) -> RunHandle:
-    """Open (or reopen) the run with ``key``."""
+    """Open (or reopen) the run with ``key``; a ``role`` param (:func:`trial_params`, the sweep's
+    params) also tags where its code came from."""
+    role = (params or {}).get("role")
+    tags = (source_tags(role) if role else {}) | dict(tags or {})
     tracker.submit({"op": "create_run", "run": key, "name": name, "parent_run_id": parent_run_id,
-                    "tags": {k: str(v) for k, v in (tags or {}).items()}, "time_ms": _now_ms()})
+                    "tags": {k: str(v) for k, v in tags.items()}, "time_ms": _now_ms()})
     handle = RunHandle(tracker, key)
     if params:
         handle.log_params(params)
@@ -49,12 +50,13 @@ def open_sweep_run(config: JobConfig) -> tuple[Tracker, RunHandle]:
     """The sweep's parent run, a child of the launch run when the launcher made one."""
     tracker = tracker_for(config)
     run = keyed_run(tracker, sweep_key(config), "tune", parent_run_id=config.tracking.parent_run_id,
-                    params=config_params(config), tags={"idhhpc.stage": "tune", "idhhpc.kind": "sweep"})
+                    params=config_params(config) | run_params("tune"),
+                    tags={"idhhpc.stage": "tune", "idhhpc.kind": "sweep"})
     return tracker, run
 
 
 def trial_params(trial_config: Mapping[str, Any]) -> dict[str, Any]:
-    return {f"train.{name}": value for name, value in trial_config.items()}
+    return {f"train.{name}": value for name, value in trial_config.items()} | run_params("trial")
 
 
 def _now_ms() -> int:

@@ -37,6 +37,37 @@ def test_every_idh_spelling(value, label):
     assert parse_idh(value)[0] == label
 
 
+WILDTYPE_WORDING = ["wildtype", "Wild Type", "wild-type", "WT", "IDH-wildtype", "IDH1 wildtype", "IDH1-wildtype",
+                    "IDH1/2 wild-type", "negative", "IDH1 negative", "not mutated", "non-mutant", "Non mutant",
+                    "no mutation detected", "mutation not detected", "0"]
+MUTANT_WORDING = ["mutant", "mutated", "mutated (NOS)", "IDH-mutant", "IDH1 mutation", "Mut", "positive",
+                  "IDH1 positive", "IDH1 p.R132H", "IDH1 R132H", "IDH2 p.R172K", "1"]
+CONTRADICTORY = ["wildtype / mutated", "IDH1 p.R132H negative", "mutant, wild type", "not wildtype",
+                 "positive (wt)"]
+
+
+@pytest.mark.parametrize("value", WILDTYPE_WORDING)
+def test_wildtype_and_negated_wording_reads_wildtype(value):
+    assert parse_idh(value) == (0, None)
+
+
+@pytest.mark.parametrize("value", MUTANT_WORDING)
+def test_mutant_wording_and_named_variants_read_mutant(value):
+    assert parse_idh(value) == (1, None)
+
+
+@pytest.mark.parametrize("value", CONTRADICTORY)
+def test_both_kinds_of_wording_are_refused_with_the_reason(value):
+    label, problem = parse_idh(value)
+    assert label is None and "both wildtype and mutant wording" in problem and value in problem
+
+
+@pytest.mark.parametrize("value", ["IDH1", "IDH2", "banana", "see report"])
+def test_a_gene_name_alone_is_no_label(value):
+    label, problem = parse_idh(value)
+    assert label is None and "unrecognised IDH value" in problem
+
+
 def test_ucsf_layout_quirks(tmp_path):
     write_patient(tmp_path, "UCSF-PDGM-0004")
     write_patient(tmp_path, "UCSF-PDGM-0005", contrast="T1gad")
@@ -57,6 +88,15 @@ def test_ucsf_layout_quirks(tmp_path):
     assert "unlabeled IDH" in why["UCSF-PDGM-0007"]
     assert "no image folder" in why["UCSF-PDGM-0008"]
     assert "has no row" in why["UCSF-PDGM-0009"]
+
+
+def test_contradictory_idh_value_is_quarantined_with_its_reason(tmp_path):
+    write_patient(tmp_path, "UCSF-PDGM-0004")
+    write_patient(tmp_path, "UCSF-PDGM-0005")
+    write_metadata(tmp_path, [("UCSF-PDGM-004", "IDH1 wildtype"), ("UCSF-PDGM-005", "IDH1 p.R132H negative")])
+    cohort = ingest.discover_ucsf_pdgm(tmp_path, None, MODALITIES, bias_corrected=False)
+    assert {case.patient_id: case.label for case in cohort.cases} == {"UCSF-PDGM-0004": 0}
+    assert "both wildtype and mutant wording" in reasons(cohort)["UCSF-PDGM-0005"]
 
 
 def test_diagnosis_column_is_never_read(tmp_path):

@@ -143,3 +143,50 @@ def test_nan_repaired_and_reported_or_quarantined(tmp_path):
     with pytest.raises(CaseRejected, match="NaN/Inf") as caught:
         preprocess_case(case, SETTINGS.model_copy(update={"nan_policy": "quarantine"}))
     assert "FLAIR" in caught.value.reason
+
+
+TUMOR_ROI = PreprocessConfig(size=24, roi="tumor", roi_margin=0.25)
+
+
+@pytest.mark.parametrize("affine", [RAS_AFFINE, LPS_AFFINE, FLIPPED_AFFINE], ids=["ras", "lps", "permuted"])
+def test_tumor_roi_centres_the_cube_on_the_tumor_and_maps_back(tmp_path, affine):
+    case = write_case(tmp_path, affine=affine)
+    brain_roi, tumor_roi = preprocess_case(case, SETTINGS), preprocess_case(case, TUMOR_ROI)
+    assert tumor_roi.image.shape == (4, 24, 24, 24) and tumor_roi.image.dtype == np.float16
+    assert (tumor_roi.tumor > 0).mean() > 5 * (brain_roi.tumor > 0).mean()  # the tumour fills the cube
+    centre = np.argwhere(tumor_roi.tumor > 0).mean(0)
+    assert np.all(np.abs(centre - 11.5) < 2.0)
+    native = to_native((tumor_roi.tumor > 0).astype(np.uint8), tumor_roi.geometry, order=0)
+    reference = nib.load(case.tumor_mask)
+    np.testing.assert_allclose(native.affine, reference.affine)
+    assert dice(np.asarray(native.dataobj) > 0, reference.get_fdata() > 0) > 0.8
+
+
+def test_tumor_roi_keeps_the_whole_brain_normalisation(tmp_path):
+    case = write_case(tmp_path)
+    brain_roi, tumor_roi = preprocess_case(case, SETTINGS), preprocess_case(case, TUMOR_ROI)
+    for channel in range(4):  # the tumour's contrast to the brain survives the tighter crop
+        inside_brain = brain_roi.image[channel][brain_roi.tumor > 0].astype(np.float32).mean()
+        inside_roi = tumor_roi.image[channel][tumor_roi.tumor > 0].astype(np.float32).mean()
+        assert inside_roi == pytest.approx(inside_brain, abs=0.35)
+
+
+def test_tumor_roi_without_a_segmentation_is_refused(tmp_path):
+    with pytest.raises(CaseRejected, match="roi 'tumor' needs a non-empty tumor segmentation"):
+        preprocess_case(write_case(tmp_path, with_tumor=False), TUMOR_ROI)
+
+
+def test_coordinate_channels_place_each_voxel_in_the_brain_box(tmp_path):
+    case = write_case(tmp_path)
+    brain = preprocess_case(case, PreprocessConfig(size=24, coordinates=True))
+    tumor = preprocess_case(case, TUMOR_ROI.model_copy(update={"coordinates": True}))
+    assert brain.image.shape == tumor.image.shape == (4 + 3, 24, 24, 24)
+    plain = preprocess_case(case, SETTINGS)
+    np.testing.assert_array_equal(brain.image[:4], plain.image)  # the modalities are untouched
+    ras = brain.image[4:].astype(np.float32)
+    for axis in range(3):  # the brain box spans about -1..1 along every axis of the brain cube
+        ramp = np.moveaxis(ras[axis], axis, 0)
+        assert np.all(np.diff(ramp[:, 0, 0]) > 0) and ramp.min() < -0.5 and ramp.max() > 0.5
+    centre = tumor.image[4:].astype(np.float32)[:, 12, 12, 12]
+    inside = brain.image[4:].astype(np.float32)[:, *np.round(np.argwhere(brain.tumor > 0).mean(0)).astype(int)]
+    assert np.allclose(centre, inside, atol=0.15)  # the tumour cube's centre sits where the tumour is

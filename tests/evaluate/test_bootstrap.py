@@ -4,7 +4,11 @@ import numpy as np
 import pytest
 
 from idhhpc.evaluate.batch_metrics import batch_metrics
-from idhhpc.evaluate.bootstrap import INTERVAL_KEYS, bootstrap_ci, stratified_resample_indices
+from idhhpc.evaluate.bootstrap import (
+    INTERVAL_KEYS,
+    bootstrap_ci,
+    stratified_resample_indices,
+)
 from idhhpc.evaluate.metrics import compute_metrics
 
 

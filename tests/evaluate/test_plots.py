@@ -27,14 +27,11 @@ def test_per_class_plot_tolerates_undefined_values(tmp_path):
     assert _is_png(plots.plot_per_class_metrics(metrics, intervals, tmp_path / "bars.png"))
 
 
-def test_history_plot_handles_missing_values(tmp_path):
-    history = [{"epoch": e, "train/loss": 1 / (e + 1), "val/loss": 1.2 / (e + 1), "lr": 1e-3} for e in range(4)]
+def test_history_plot_has_one_panel_per_quantity_and_handles_missing_values(tmp_path):
+    history = [{"epoch": e, "train/loss": 1 / (e + 1), "val/loss": 1.2 / (e + 1), "lr": 1e-3,
+                "optimizer_step": 36 * (e + 1)} for e in range(4)]
     history[2]["val/auc"] = 0.7
-    assert plots._history_panels(history) == {
-        "loss": ["train/loss", "val/loss"],
-        "metric value": ["val/auc"],
-        "learning rate": ["lr"],
-    }
+    assert plots._history_panels(history) == {"loss": ["train/loss", "val/loss"], "auc": ["val/auc"], "lr": ["lr"]}
     assert _is_png(plots.plot_history(history, tmp_path / "history.png"))
 
 

@@ -29,8 +29,8 @@ def _strict_json(path):
 def test_writes_every_artefact(tmp_path):
     y_true, prob, ids = _cohort()
     metrics = evaluate_predictions(y_true, prob, 0.5, ids, tmp_path, history=HISTORY, n_resamples=100)
-    expected = {"metrics.json", "predictions.csv", "report.md", "roc.png", "precision_recall.png",
-                "confusion_matrix.png", "per_class_metrics.png", "history.png"}  # fmt: skip
+    expected = {"metrics.json", "predictions.csv", "report.md", "report.html", "roc.png", "precision_recall.png",
+                "confusion_matrix.png", "per_class_metrics.png", "history.png", "reliability.png"}  # fmt: skip
     assert {path.name for path in tmp_path.iterdir()} == expected
 
     document = _strict_json(tmp_path / "metrics.json")

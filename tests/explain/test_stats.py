@@ -5,7 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from idhhpc.explain.stats import STATISTIC_KEYS, cam_statistics, summarise_cam_statistics
+from idhhpc.explain.stats import (
+    STATISTIC_KEYS,
+    cam_statistics,
+    summarise_cam_statistics,
+)
 
 N = 20
 

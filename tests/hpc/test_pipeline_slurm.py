@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -22,7 +23,11 @@ from idhhpc.hpc.pipeline import build_steps
 from idhhpc.hpc.runner import run_locally, submit_to_slurm
 from idhhpc.launch import main
 from tests.support.jobs import tiny_config, tiny_overrides
-from tests.support.slurm import cluster_unavailable_reason, sacct_records, wait_for_final_state
+from tests.support.slurm import (
+    cluster_unavailable_reason,
+    sacct_records,
+    wait_for_final_state,
+)
 
 _UNAVAILABLE = cluster_unavailable_reason()
 pytestmark = [
@@ -67,12 +72,25 @@ def test_full_chain_runs_to_report_and_gallery(chain) -> None:
     assert (work / "reports" / "report.md").is_file()
     assert (work / "reports" / "explain" / "gallery.md").is_file()
     rows = table_rows(chain["out"])
-    assert list(rows) == ["cohort", "preprocess", "preprocess-merge", "split", "features", "cv", "fit", "evaluate",
-                          "explain"]
+    assert list(rows) == ["cohort", "preprocess", "preprocess-merge", "split", "features", "cv",
+                          "cv-summary", "fit", "evaluate", "explain", "finish"]
     assert {row[0] for row in rows.values()} == {"COMPLETED"}
     assert "parent run" in chain["out"]
     cv_job = rows["cv"][1]
     assert [r["State"] for r in sacct_records(cv_job.split("_")[0])] == ["COMPLETED", "COMPLETED"]
+    assert not (work / ".idhhpc.lock").exists()  # the finish job gave the work dir back
+
+
+def test_every_job_log_says_what_it_did_and_training_logs_every_epoch(chain) -> None:
+    logs = {path: path.read_text() for path in (chain["work"] / "launches").glob("*/*/*_log.out")}
+    assert logs and all(re.search(r"idhhpc\.job: \S+: started on .* done in", text, re.S) for text in logs.values())
+    training = [text for text in logs.values() if re.search(r"idhhpc\.job: (cv|fit): started", text)]
+    assert len(training) == 3  # two folds and the fit
+    for text in training:
+        assert len(re.findall(r"trainer: epoch \d+/1: train loss .* val auc .* val loss .* lr .* s \(train .*"
+                              r"samples/s.*\), peak memory", text)) == 1
+    shards = [text for text in logs.values() if "preprocessing patients" in text]
+    assert len(shards) == 3 and all(re.search(r"patients done \d+/16", text) for text in shards)
 
 
 def test_preprocess_array_yields_the_same_shards_as_a_local_run(chain, tmp_path) -> None:

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from idhhpc.config import ConfigError, load_job
-from idhhpc.model import build_model, build_network, describe_initialisation, resolve_initialisation
+from idhhpc.model import (
+    build_model,
+    build_network,
+    describe_initialisation,
+    resolve_initialisation,
+)
 from idhhpc.model.calibrate import calibrated_network
 from tests.support.pretrained import fill_hub_cache, write_2d_weights
 from tests.support.toy import make_toy_dataset

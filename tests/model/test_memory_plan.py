@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from idhhpc.config import load_job
-from idhhpc.model.memory import GIB, StaticMemory, fit_to_memory_budget, plan_micro_batch
+from idhhpc.model.memory import (
+    GIB,
+    StaticMemory,
+    fit_to_memory_budget,
+    plan_micro_batch,
+)
 from idhhpc.model.network import build_model
 
 

@@ -5,7 +5,13 @@ import torch
 from torch import nn
 
 from idhhpc.explain.gradcam import default_cam_layer
-from idhhpc.model import build_model, count_parameters, parameter_groups, trainable_parameters, variant_name
+from idhhpc.model import (
+    build_model,
+    count_parameters,
+    parameter_groups,
+    trainable_parameters,
+    variant_name,
+)
 from idhhpc.model.memory import SavedTensorCounter, saved_bytes_for_backward
 
 SHAPE = (2, 4, 32, 32, 32)

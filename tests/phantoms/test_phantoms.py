@@ -10,11 +10,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from idhhpc.data import phantoms
 from idhhpc.ids import UnsafePatientId
+from idhhpc.phantoms import cohort as phantoms
 from idhhpc.phantoms.anatomy import load_anatomy
 from idhhpc.phantoms.clinical import METADATA_COLUMNS, MUTANT_SPELLINGS, clinical_row
-from idhhpc.phantoms.cohort import generate_cohort, plan_cohort, render_patient, write_patient
+from idhhpc.phantoms.cohort import (
+    generate_cohort,
+    plan_cohort,
+    render_patient,
+    write_patient,
+)
 from idhhpc.phantoms.mri import SIGNAL
 
 SHAPE = (48, 48, 32)
@@ -157,11 +162,15 @@ def test_mutants_enhance_less_than_wildtype():
     assert np.mean(enhancing_voxels["mutant"]) < 0.5 * np.mean(enhancing_voxels["wildtype"])
 
 
-def test_crossover_swaps_exact_share_of_phenotypes():
-    mutants = [p for p in plan_cohort(100, seed=0, crossover=0.2) if p.idh == "mutant" and p.followup is None]
-    assert sum(not p.mutant_like for p in mutants) == round(len(mutants) * 0.2)
-    labelled = [p for p in plan_cohort(50, seed=0, crossover=0.0) if p.idh != "unknown"]
-    assert all(p.mutant_like == (p.idh == "mutant") for p in labelled)
+def test_crossover_swaps_each_phenotype_with_probability_crossover():
+    labelled = [p for p in plan_cohort(2000, seed=0, crossover=0.2) if p.idh != "unknown" and p.followup is None]
+    for idh in ("mutant", "wildtype"):
+        members = [p for p in labelled if p.idh == idh]
+        swapped = sum(p.mutant_like != (idh == "mutant") for p in members)
+        assert abs(swapped / len(members) - 0.2) < 4 * np.sqrt(0.2 * 0.8 / len(members))
+    for crossover, same in ((0.0, True), (1.0, False)):
+        labelled = [p for p in plan_cohort(50, seed=0, crossover=crossover) if p.idh != "unknown"]
+        assert all((p.mutant_like == (p.idh == "mutant")) == same for p in labelled)
 
 
 def test_two_patients_get_one_of_each_class_and_no_extras():

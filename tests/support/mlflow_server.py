@@ -43,8 +43,10 @@ class MlflowServer:
 
     def start(self, timeout_s: float = 90.0) -> "MlflowServer":
         log = open(self.store_dir / "server.log", "ab")
+        # No job runner and huey consumers (10 processes by default, 2 without): tests run on 2 cores.
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.process = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
         )
         log.close()
         self._wait_healthy(timeout_s)

@@ -4,7 +4,12 @@ import pytest
 import requests
 from mlflow.exceptions import MlflowException, RestException
 
-from idhhpc.tracking.outage import SHORT_HTTP_SETTINGS, Backoff, is_outage, use_short_http_settings
+from idhhpc.tracking.outage import (
+    SHORT_HTTP_SETTINGS,
+    Backoff,
+    is_outage,
+    use_short_http_settings,
+)
 
 
 def _wrapped_connection_error() -> MlflowException:

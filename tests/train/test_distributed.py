@@ -21,7 +21,13 @@ import pytest
 import torch
 
 from idhhpc.train.sampler import epoch_batches, make_sampler
-from tests.support.distributed import FrozenPrefixNet, build_toy_model, fit_toy, spawn_toy_fits, toy_data
+from tests.support.distributed import (
+    FrozenPrefixNet,
+    build_toy_model,
+    fit_toy,
+    spawn_toy_fits,
+    toy_data,
+)
 from tests.support.mlflow_server import free_port
 
 ATOL = 1e-6

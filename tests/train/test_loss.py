@@ -43,3 +43,23 @@ def test_focal_loss_has_gradients():
     logits = torch.randn(4, 2, requires_grad=True)
     make_loss(TrainConfig())(logits, torch.tensor([0, 1, 1, 0])).backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_loss_balancing_weights_classes_by_inverse_frequency():
+    labels = [0, 0, 0, 1]  # one mutant in four: its gradient weighs 3x a wildtype's
+    for loss in ("ce", "focal"):
+        logits = torch.zeros(2, 2, requires_grad=True)
+        make_loss(TrainConfig(loss=loss, focal_gamma=0.0, balance="loss"), labels)(logits, torch.tensor([1, 0])).backward()
+        mutant, wildtype = logits.grad.abs().sum(dim=1)
+        assert mutant.item() == pytest.approx(3 * wildtype.item(), rel=1e-5)
+
+
+def test_sampler_balancing_leaves_the_loss_unweighted():
+    fn = make_loss(TrainConfig(loss="ce", balance="sampler"), [0, 0, 0, 1])
+    logits = torch.zeros(1, 2)
+    assert fn(logits, torch.tensor([1])).item() == pytest.approx(fn(logits, torch.tensor([0])).item())
+
+
+def test_one_balancing_mechanism_by_default():
+    settings = TrainConfig()
+    assert settings.balance == "sampler" and settings.focal_alpha is None

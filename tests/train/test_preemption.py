@@ -92,3 +92,78 @@ def test_checkpoint_when_idle_returns_a_resubmission():
     job = TrainingJob(toy_training)
     delayed = job.checkpoint("somewhere")
     assert delayed.function is job and delayed.args == ("somewhere",)
+
+
+# --- Slurm: preemption is not a time-out -----------------------------------------------------
+
+def _slurm_stamp(seconds_from_now: float) -> str:
+    import datetime as dt
+    import time
+
+    return dt.datetime.fromtimestamp(time.time() + seconds_from_now).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def test_slurm_fields_tell_preemption_from_the_time_limit():
+    from idhhpc.train.preemption import classify_signal
+
+    assert classify_signal({"PreemptTime": _slurm_stamp(0), "EndTime": _slurm_stamp(20)}) == "preempted"
+    assert classify_signal({"PreemptTime": "None", "EndTime": _slurm_stamp(85)}) == "timed-out"  # USR2@90, early
+    assert classify_signal({"PreemptTime": "None", "EndTime": _slurm_stamp(3000)}) == "preempted"  # by hand
+    assert classify_signal({"PreemptTime": "None", "EndTime": "Unknown"}) is None  # submitit's rule decides
+    assert classify_signal({}) is None
+
+
+def _count_to(n: int, marker: str, stop=None) -> int:
+    """A training function in TrainingJob's contract: resumes from ``marker``, stops on request."""
+    import time
+    from pathlib import Path
+
+    from idhhpc.train.stopping import TrainingInterrupted
+
+    path = Path(marker)
+    done = int(path.read_text()) if path.exists() else 0
+    while done < n:
+        if stop is not None and stop.is_set():
+            raise TrainingInterrupted(path, 0, done)
+        time.sleep(0.25)
+        done += 1
+        path.write_text(str(done))
+    return done
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(300)
+def test_preemptions_do_not_use_up_the_time_out_budget_on_slurm(tmp_path):
+    """max_timeouts=0 and a 5-minute limit: stock submitit would call the USR2 a time-out and fail
+    the job; asking Slurm, it is a preemption, requeued as often as it comes."""
+    import subprocess
+    import sys
+    import time
+
+    import submitit
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    from idhhpc.hpc.jobcall import stage_call
+    from tests.support.slurm import (
+        cluster_unavailable_reason,
+        sacct_records,
+        wait_for_final_state,
+    )
+
+    reason = cluster_unavailable_reason()
+    if reason:
+        pytest.skip(f"Slurm test cluster not up: {reason}")
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    executor = submitit.AutoExecutor(folder=tmp_path / "jobs" / "%j", cluster="slurm", slurm_max_num_timeout=0)
+    executor.update_parameters(slurm_partition="debug", timeout_min=5, cpus_per_task=1, mem_gb=1)
+    marker = tmp_path / "count.txt"
+    job = executor.submit(stage_call(TrainingJob(_count_to), "count", 1), 60, str(marker))
+    deadline = time.monotonic() + 120
+    while not (marker.exists() and int(marker.read_text() or 0) >= 4):
+        assert time.monotonic() < deadline and not job.done(), job.stderr()
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal", SlurmJobEnvironment.USR_SIG, job.job_id], check=True)
+    assert job.result() == 60
+    wait_for_final_state(job.job_id)
+    assert [r["State"] for r in sacct_records(job.job_id, with_requeues=True)] == ["REQUEUED", "COMPLETED"]
+    assert "Slurm says this signal means preempted" in (job.stdout() or "") + (job.stderr() or "")

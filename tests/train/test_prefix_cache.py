@@ -166,3 +166,11 @@ def test_fit_stage_trains_the_tail_from_the_cache_and_exports_the_whole_network(
     val = ShardDataset(WorkDir(config.work_dir).index, load_splits(config)["fit"]["val"])
     probs = predictor.predict_proba(val)
     assert probs.shape == (len(val),) and np.isfinite(probs).all()
+
+
+def test_the_cache_key_follows_what_the_stored_views_depend_on(prepared, tmp_path):
+    folders = {cache_folder(_job(prepared, tmp_path, *extra)) for extra in (
+        [], ["train.augment=flips"], ["train.augment=full"], ["seed=1"], ["cache.dtype=float16"],
+        ["model.trainable_stages=1"])}
+    assert len(folders) == 6
+    assert cache_folder(_job(prepared, tmp_path, "train.max_lr=0.01")) == cache_folder(_job(prepared, tmp_path))

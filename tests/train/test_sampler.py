@@ -26,3 +26,12 @@ def test_sampler_does_not_touch_global_rng():
     state = torch.get_rng_state()
     list(make_sampler(LABELS, seed=0, epoch=0))
     assert torch.equal(state, torch.get_rng_state())
+
+
+def test_unbalanced_sampling_draws_classes_at_their_frequency():
+    from idhhpc.train.sampler import make_sampler
+
+    labels = [0] * 90 + [1] * 10
+    balanced = [labels[i] for i in make_sampler(labels, seed=0, epoch=0, num_samples=4000)]
+    plain = [labels[i] for i in make_sampler(labels, seed=0, epoch=0, num_samples=4000, balanced=False)]
+    assert abs(sum(balanced) / 4000 - 0.5) < 0.05 and abs(sum(plain) / 4000 - 0.1) < 0.03

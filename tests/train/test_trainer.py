@@ -8,7 +8,8 @@ from idhhpc.train.stopping import StopRequest, TrainingInterrupted, request_stop
 from idhhpc.train.trainer import train
 from tests.support.toy import TinyConvNet, make_toy_dataset
 
-SETTINGS = TrainConfig(epochs=2, micro_batch=2, accumulate=2, max_lr=1e-2, num_workers=0, patience=5)
+SETTINGS = TrainConfig(epochs=2, micro_batch=2, accumulate=2, max_lr=1e-2, num_workers=0, patience=5,
+                       select_metric="val/auc")
 
 
 def _datasets():
@@ -83,3 +84,14 @@ def test_stop_request_at_micro_step(tmp_path):
     assert (stopped.value.epoch, stopped.value.micro_step) == (0, 3)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["gradients"], "a mid-window checkpoint must keep the accumulated gradients"
+
+
+def test_the_default_keeps_the_last_epoch_without_looking_at_validation(tmp_path):
+    settings = SETTINGS.model_copy(update={"select_metric": "last", "epochs": 3})
+    torch.manual_seed(0)
+    result = train(TinyConvNet(), *_datasets(), settings, tmp_path)
+    assert TrainConfig().select_metric == "last"
+    assert result.best_epoch == 2 and len(result.history) == 3
+    kept = torch.load(result.best_checkpoint, weights_only=True)["model"]
+    last = torch.load(result.last_checkpoint, weights_only=True)["model"]
+    assert all(torch.equal(v, last[k]) for k, v in kept.items())

@@ -8,7 +8,12 @@ import torch
 from idhhpc.data.splits import load_splits
 from idhhpc.model.network import build_model
 from idhhpc.tune.folds import TestSplitLeak, tuning_folds
-from idhhpc.tune.shared import frozen_tensors, parameter_bytes, shared_prefix_copies, tail_state
+from idhhpc.tune.shared import (
+    frozen_tensors,
+    parameter_bytes,
+    shared_prefix_copies,
+    tail_state,
+)
 from idhhpc.tune.trainable import build_cv, trial_job
 from tests.support.jobs import tiny_job
 

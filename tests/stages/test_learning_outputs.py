@@ -1,0 +1,95 @@
+"""What issue 9 promises of a run: out-of-fold predictions, the fold ensemble, calibration, and
+the network beside the classical baseline and the Bayes optimum on the same patients."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from idhhpc.data.dataset import ShardDataset
+from idhhpc.data.oracle import load_oracle
+from idhhpc.data.splits import load_splits, non_test_patients
+from idhhpc.evaluate.calibration import apply_temperature, negative_log_likelihood
+from idhhpc.predictor import Predictor
+from idhhpc.stages.evaluate import score_models
+from idhhpc.workdir import WorkDir
+from tests.support.jobs import tiny_config
+from tests.support.pipeline import run_in_process
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("learning")
+    config = tiny_config(root / "work", root / "cohort", "train.device=cpu", "train.epochs=2")
+    run_in_process(config, ["cohort", "preprocess", "split", "cv", "fit", "evaluate"])
+    return config
+
+
+def _oof_rows(config):
+    with open(WorkDir(config.work_dir).oof_predictions) as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_out_of_fold_predictions_cover_every_non_test_patient_once(job):
+    rows, splits = _oof_rows(job), load_splits(job)
+    ids = [row["patient_id"] for row in rows]
+    assert sorted(ids) == non_test_patients(splits) and len(set(ids)) == len(ids)
+    assert not set(ids) & set(splits["test"])
+    for row in rows:
+        assert row["patient_id"] in splits["folds"][int(row["fold"])]["val"]
+        assert int(row["label"]) == splits["labels"][row["patient_id"]]
+
+
+def test_pooled_auc_and_oracle_are_computed_on_those_patients(job):
+    rows = _oof_rows(job)
+    summary = json.loads(WorkDir(job.work_dir).cv_summary.read_text())
+    labels = [int(r["label"]) for r in rows]
+    assert summary["network"]["auc"] == pytest.approx(roc_auc_score(labels, [float(r["prob_mutant"]) for r in rows]),
+                                                      abs=1e-5)
+    assert summary["network"]["low"] <= summary["network"]["auc"] <= summary["network"]["high"]
+    oracle = load_oracle(job)
+    assert summary["oracle"]["auc"] == pytest.approx(roc_auc_score(labels, [oracle[r["patient_id"]] for r in rows]))
+    assert summary["baseline"] is not None and 0.0 <= summary["baseline"]["auc"] <= 1.0
+
+
+def test_calibration_lowers_the_validation_negative_log_likelihood(job):
+    for run in ("fold-0", "fold-1", "fit"):
+        selection = json.loads(WorkDir(job.work_dir).selection(run).read_text())
+        val = selection["val"]
+        assert selection["val_nll"]["calibrated"] <= selection["val_nll"]["raw"] + 1e-9
+        assert negative_log_likelihood(val["labels"], val["probs"]) == pytest.approx(selection["val_nll"]["calibrated"])
+        assert val["probs"] == pytest.approx(apply_temperature(val["probs_raw"], selection["temperature"]).tolist())
+
+
+def test_exported_model_applies_its_temperature(job):
+    work = WorkDir(job.work_dir)
+    predictor = Predictor.load(work.exported_model("fit"), "cpu")
+    test = ShardDataset(work.index, load_splits(job)["test"])
+    raw = Predictor(predictor.model, predictor.device, predictor.config, 0.5, "f1", 0.0, "raw").predict_proba(test)
+    assert predictor.predict_proba(test) == pytest.approx(apply_temperature(raw, predictor.temperature), abs=1e-5)
+
+
+def test_fold_ensemble_is_the_mean_of_the_fold_models_and_reproducible(job):
+    work = WorkDir(job.work_dir)
+    test = ShardDataset(work.index, load_splits(job)["test"])
+    first, again = score_models(job, test), score_models(job, test)
+    folds = [Predictor.load(work.exported_model(f"fold-{f}"), "cpu").predict_proba(test) for f in range(2)]
+    assert np.array_equal(first["folds"].probs, again["folds"].probs)
+    assert first["folds"].probs == pytest.approx(np.mean(folds, axis=0))
+    assert first["folds"].threshold == json.loads(work.cv_summary.read_text())["threshold"]
+    with open(work.predictions) as fh:  # the headline (default: folds) is what the report scored
+        reported = [float(row["prob_mutant"]) for row in csv.DictReader(fh)]
+    assert reported == pytest.approx(first["folds"].probs.tolist(), abs=1e-6)
+
+
+def test_report_shows_both_models_the_baseline_the_optimum_and_the_weights(job):
+    report = WorkDir(job.work_dir).report.read_text()
+    for phrase in ("mean of the 2 fold models", "final fit", "classical baseline", "Bayes-optimal score",
+                   "## Out-of-fold (cross-validation)", "## Calibration", "random initial weights", "reliability.png"):
+        assert phrase in report
