@@ -22,6 +22,8 @@ On a CPU the tail's own cost decides the epoch ratio: PyTorch's CPU backward of 
 5x5x5 convolutions in stage 6 (1152 channels on 2³ voxels at 64³) costs about as much as the
 whole frozen prefix's forward, so with the study's freezing an epoch is only a few times faster;
 with ``--trainable-stages 1`` (stage 7 and the head train) the tail is cheap.
+On a shared machine run it with ``OMP_NUM_THREADS=1``: two trials at a time with two threads
+each oversubscribe two cores and every figure comes out several times slower.
 
 Goals (issue 11): epoch at least 10x faster, sweep at least 5x, same best configuration.
 """
