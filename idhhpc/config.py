@@ -154,6 +154,26 @@ class ModelConfig(Section):
         return data
 
 
+class CacheConfig(Section):
+    """The frozen-prefix feature cache (stage ``features``), used when pretrained weights feed a
+    frozen prefix: ``cv``, ``fit`` and ``tune`` then train only the tail, from stored prefix outputs.
+
+    ``views`` augmented views per patient are computed once when ``train.augment`` is not off (an
+    epoch draws one per patient); 0 keeps only the unaugmented view, and augmented training then
+    goes through the full network. ``float32`` keeps training from the cache equal to training
+    through the network; ``float16`` halves the disk. ``batch_size`` unset is ``train.micro_batch``:
+    convolution results depend on the batch size by rounding, and BatchNorm over a few voxels
+    magnifies rounding, so outputs computed in the training forward's batch size keep training
+    from the cache equal to training through the network.
+    """
+
+    enabled: bool = True
+    views: int = Field(8, ge=0)
+    dtype: Literal["float32", "float16"] = "float32"
+    batch_size: int | None = Field(None, ge=1)
+    shard_size: int = Field(64, ge=1)
+
+
 class TrainConfig(Section):
     epochs: int = Field(30, ge=1)
     micro_batch: int = Field(2, ge=1)
@@ -363,12 +383,13 @@ class JobConfig(Section):
     work_dir: Path = Path("runs/default")
     seed: int = 0
     stages: list[Literal[STAGES]] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: ["cohort", "preprocess", "split", "cv", "fit", "evaluate", "explain"]
+        default_factory=lambda: ["cohort", "preprocess", "split", "features", "cv", "fit", "evaluate", "explain"]
     )
     data: DataConfig
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     explain: ExplainConfig = Field(default_factory=ExplainConfig)

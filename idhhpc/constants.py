@@ -39,7 +39,7 @@ TUMOR_SUBREGIONS = {"necrosis": NECROSIS, "edema": EDEMA, "enhancing": ENHANCING
 EPOCH_COUNTERS = ("epoch", "optimizer_step")
 """Counters in the trainer's per-epoch records: the x axis of training curves, never a curve."""
 
-STAGES = ("cohort", "preprocess", "split", "tune", "cv", "fit", "evaluate", "explain")
+STAGES = ("cohort", "preprocess", "split", "features", "tune", "cv", "fit", "evaluate", "explain")
 """Every stage, in pipeline order."""
 
 # --- file names inside a work dir (``idhhpc.workdir.WorkDir`` composes the paths) -------------

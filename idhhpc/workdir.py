@@ -50,6 +50,11 @@ class WorkDir:
         return self.root / names.BEST_CONFIG_FILE
 
     @property
+    def features(self) -> Path:
+        """The frozen-prefix feature caches, one folder per cache key."""
+        return self.root / "features"
+
+    @property
     def tune(self) -> Path:
         return self.root / "tune"
 

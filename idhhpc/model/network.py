@@ -4,7 +4,9 @@ MONAI's ``EfficientNetBN`` supplies the layers; :class:`IDHNet` keeps it as ``se
 dicts keep MONAI's key layout under ``net.``) and runs the forward pass itself. That lets the
 frozen stem and early stages run under ``torch.no_grad()``, so they keep no activations for
 backward whatever the input (at 128³ that is gigabytes), while ``explain_mode`` can still open
-the graph through them for Grad-CAM.
+the graph through them for Grad-CAM. The forward pass is ``tail(prefix(x))``: with pretrained
+weights the frozen ``prefix`` is a fixed function of the volume, so the feature cache stores its
+output once and training runs ``tail`` alone (:meth:`IDHNet.read_features`).
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class IDHNet(nn.Module):
         self.num_frozen_stages = num_frozen_stages(len(net._blocks), trainable_stages)
         self.stem_frozen = self.num_frozen_stages > 0
         self._explaining = False
+        self.feature_input = False
+        """``forward`` takes prefix outputs instead of volumes (see :meth:`read_features`)."""
         self.initialisation: Initialisation | None = None
         """What :func:`build_network` started it from (None when built directly)."""
         for module in self.frozen_modules():
@@ -117,19 +121,45 @@ class IDHNet(nn.Module):
             self._explaining = False
             self.train(was_training)
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+    def prefix(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The frozen stem and stages (the input itself when nothing is frozen).
+
+        With pretrained weights this is a fixed function of the input, so its output can be
+        computed once per patient and stored (the feature cache, stage ``features``).
+        """
         x = self._prepare_input(inputs)
-        net = self.net
+        if not self.stem_frozen:
+            return x
         with self._frozen_context():
-            if self.stem_frozen:
-                x = self._stem(x)
-            for stage in net._blocks[: self.num_frozen_stages]:
+            x = self._stem(x)
+            for stage in self.net._blocks[: self.num_frozen_stages]:
                 x = stage(x)
+        return x
+
+    def tail(self, features: torch.Tensor) -> torch.Tensor:
+        """Everything that trains, from the prefix's output to the logits."""
+        x = features
         if not self.stem_frozen:
             x = self._stem(x)
-        for stage in net._blocks[self.num_frozen_stages :]:
+        for stage in self.net._blocks[self.num_frozen_stages :]:
             x = self._run_trainable_stage(stage, x)
         return self._head(x)
+
+    def read_features(self, enabled: bool = True) -> IDHNet:
+        """Make ``forward`` take prefix outputs (from the feature cache) instead of volumes.
+
+        The state dict stays the whole network's, so checkpoints and exports of a tail trained
+        from the cache load into the network that Grad-CAM and prediction run on volumes.
+        """
+        if enabled and not self.stem_frozen:
+            raise ValueError("read_features: nothing is frozen, so there are no prefix features to read")
+        self.feature_input = enabled
+        return self
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.feature_input:
+            return self.tail(self._prepare_input(inputs))
+        return self.tail(self.prefix(inputs))
 
     def _prepare_input(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

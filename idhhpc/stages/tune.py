@@ -11,6 +11,7 @@ import ray
 from idhhpc.config import JobConfig
 from idhhpc.stages.checks import newer, same_sections
 from idhhpc.stages.step import Step
+from idhhpc.train.prefix_cache import cache_sections
 from idhhpc.tune.sweep import run_sweep
 from idhhpc.workdir import WorkDir
 
@@ -34,7 +35,7 @@ def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
     """``best_config.yaml`` is newer than the split and nothing the sweep depends on changed."""
     work = WorkDir(config.work_dir)
     return newer(work.best_config, work.splits) and same_sections(
-        config, previous, "data", "preprocess", "split", "model", "train", "tune")
+        config, previous, "data", "preprocess", "split", "model", *cache_sections(config), "train", "tune")
 
 
 STEPS = (Step("tune", "tune", run_tune, outputs_verify=outputs_verify),)

@@ -16,14 +16,12 @@ import torch
 
 from idhhpc.atomic import atomic_path, atomic_write_json
 from idhhpc.config import JobConfig
-from idhhpc.data.dataset import ShardDataset
 from idhhpc.evaluate.calibration import (
     apply_temperature,
     fit_temperature,
     negative_log_likelihood,
 )
 from idhhpc.evaluate.thresholds import choose_threshold
-from idhhpc.model.calibrate import calibrated_network
 from idhhpc.model.initialisation import describe_initialisation
 from idhhpc.model.memory import fit_to_memory_budget
 from idhhpc.predictor import EXPORT_FORMAT
@@ -32,6 +30,7 @@ from idhhpc.tracking.records import epoch_logger, log_training_figure
 from idhhpc.tracking.runs import stage_run
 from idhhpc.train import distributed
 from idhhpc.train.checkpoint import load_checkpoint
+from idhhpc.train.prefix_cache import cache_sections, training_inputs
 from idhhpc.train.stopping import StopRequest
 from idhhpc.train.trainer import TrainResult, train
 from idhhpc.tuned import apply_tuned
@@ -44,7 +43,7 @@ EXPORT_VERSION = 1
 
 def training_config_hash(config: JobConfig) -> str:
     """What a run's checkpoints are tied to: a change in any of these sections starts it afresh."""
-    return config.section_hash("preprocess", "split", "model", "train")
+    return config.section_hash("preprocess", "split", "model", *cache_sections(config), "train")
 
 
 def train_run(config: JobConfig, run_name: str, train_ids: list[str], val_ids: list[str],
@@ -64,9 +63,8 @@ def train_and_track(config: JobConfig, run_name: str, train_ids: list[str], val_
     """
     work = WorkDir(config.work_dir)
     run_dir = work.checkpoints(run_name)
-    train_ds, val_ds = ShardDataset(work.index, train_ids), ShardDataset(work.index, val_ids)
     config_hash = training_config_hash(config)  # before the memory plan, a pure function of the config
-    network = calibrated_network(config, train_ds)
+    network, train_ds, val_ds = training_inputs(config, train_ids, val_ids)  # from the feature cache if usable
     log.info("%s: %s", run_name, describe_initialisation(config))
     config = fit_to_memory_budget(config, network, train_ds)
     restart = _made_by_other_config(work.last_checkpoint(run_name), config_hash)

@@ -4,7 +4,8 @@ After every epoch all k folds have been validated, so a scheduler can judge a co
 its mean validation AUC across folds, not on one lucky split. The folds share the frozen prefix
 of one network (see ``shared.py``); each has its own tail, optimizer and OneCycle schedule, and
 the same training recipe as ``idhhpc.train``: balanced sampling keyed by (seed, epoch), seeded
-augmentation, accumulation, AMP, gradient clipping.
+augmentation, accumulation, AMP, gradient clipping. Given a feature cache (``features``), the
+tails train from the cached prefix outputs instead of volumes, as ``cv`` and ``fit`` do.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from idhhpc.config import TrainConfig
 from idhhpc.data.augment import AugmentedDataset, make_train_transform
 from idhhpc.data.dataset import ShardDataset
+from idhhpc.data.feature_cache import FeatureDataset
 from idhhpc.devices import resolve_amp, resolve_device
 from idhhpc.model.network import IDHNet
 from idhhpc.train.loss import make_loss
@@ -53,9 +55,12 @@ class LockstepCV:
     """Train ``len(folds)`` tails of ``model`` epoch by epoch; ``epoch()`` returns the CV metrics."""
 
     def __init__(self, model: IDHNet, folds: list[dict[str, list[str]]], index_path: Path,
-                 settings: TrainConfig, seed: int = 0) -> None:
+                 settings: TrainConfig, seed: int = 0, features: Path | None = None) -> None:
         self.settings = settings
         self.seed = seed
+        self.features = features
+        if features is not None:
+            model.read_features()
         self.device = resolve_device(settings.device)
         self.amp_dtype, use_scaler = resolve_amp(settings.amp, self.device)
         self.models = shared_prefix_copies(model.to(self.device), len(folds))
@@ -64,15 +69,23 @@ class LockstepCV:
         self.epochs_done = 0
 
     def _fold(self, model: IDHNet, fold: dict[str, list[str]], index_path: Path, use_scaler: bool) -> _Fold:
-        train_ds: Dataset = ShardDataset(index_path, fold["train"])
+        train_ds, val_ds = self._datasets(fold, index_path)
         labels = [int(v) for v in train_ds.labels]
-        if self.settings.augment != "off":
-            train_ds = AugmentedDataset(train_ds, make_train_transform(self.seed, self.settings.augment), seed=self.seed)
         optimizer = make_optimizer(model, self.settings)
         opt = Optimization(model, optimizer, make_scheduler(optimizer, self.settings, len(labels)),
                            make_scaler(use_scaler, self.device), make_loss(self.settings, labels).to(self.device),
                            self.device, self.amp_dtype, self.settings.grad_clip)
-        return _Fold(model, train_ds, ShardDataset(index_path, fold["val"]), labels, opt)
+        return _Fold(model, train_ds, val_ds, labels, opt)
+
+    def _datasets(self, fold: dict[str, list[str]], index_path: Path) -> tuple[Dataset, Dataset]:
+        augment = self.settings.augment != "off"
+        if self.features is not None:
+            return (FeatureDataset(self.features, fold["train"], augment, self.seed),
+                    FeatureDataset(self.features, fold["val"], False, self.seed))
+        train_ds: Dataset = ShardDataset(index_path, fold["train"])
+        if augment:
+            train_ds = AugmentedDataset(train_ds, make_train_transform(self.seed, self.settings.augment), seed=self.seed)
+        return train_ds, ShardDataset(index_path, fold["val"])
 
     def epoch(self) -> dict[str, Any]:
         """Train every fold for one epoch, validate each, return per-fold and mean metrics."""

@@ -18,6 +18,8 @@ from ray import tune
 from idhhpc.config import JobConfig
 from idhhpc.data.dataset import ShardDataset
 from idhhpc.model.calibrate import calibrated_network
+from idhhpc.model.network import build_network
+from idhhpc.train.prefix_cache import usable_cache
 from idhhpc.train.seeding import derive_seed
 from idhhpc.tune.folds import checked_folds
 from idhhpc.tune.lockstep import LockstepCV
@@ -37,12 +39,14 @@ def trial_job(job: JobConfig, trial_config: dict[str, Any]) -> JobConfig:
 
 
 def build_cv(job: JobConfig, folds: list[dict[str, list[str]]]) -> LockstepCV:
-    """Seed the network's construction, so every attempt of a trial gets the same frozen prefix."""
+    """Seed the network's construction, so every attempt of a trial gets the same frozen prefix;
+    train the tails from the feature cache when there is a usable one."""
     work = WorkDir(job.work_dir)
     folds = checked_folds(folds, work.splits)
     torch.manual_seed(derive_seed(job.seed, MODEL_STREAM))
-    model = calibrated_network(job, ShardDataset(work.index, folds[0]["train"]))
-    return LockstepCV(model, folds, work.index, job.train, job.seed)
+    cache = usable_cache(job)
+    model = build_network(job) if cache else calibrated_network(job, ShardDataset(work.index, folds[0]["train"]))
+    return LockstepCV(model, folds, work.index, job.train, job.seed, features=cache)
 
 
 def cv_trainable(trial_config: dict[str, Any], job_json: str, folds: list[dict[str, list[str]]],

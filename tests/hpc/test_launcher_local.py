@@ -18,7 +18,7 @@ from idhhpc.stages.preprocess import run_preprocess_shard as preprocess_shard
 from idhhpc.stages.step import Step
 from tests.support.jobs import tiny_config, tiny_overrides
 
-ALL = ["cohort", "preprocess", "split", "cv", "fit", "evaluate", "explain"]
+ALL = ["cohort", "preprocess", "split", "features", "cv", "fit", "evaluate", "explain"]
 OOM_WORDS = ("train.micro_batch", "train.accumulate", "model.activation_checkpointing")
 
 
@@ -38,8 +38,8 @@ def test_relaunch_skips_every_verified_stage(finished, capsys) -> None:
     argv = ["--executor", "debug", "-q", *[a for o in tiny_overrides(work, cohort) for a in ("--set", o)]]
     assert main(argv) == 0
     table = capsys.readouterr().out
-    steps = len(build_steps(ALL))  # cohort, preprocess (+merge), split, cv (+summary), fit, evaluate, explain
-    assert [line.split()[1] for line in table.splitlines()[1:steps + 1]] == [SKIPPED] * steps == [SKIPPED] * 9
+    steps = len(build_steps(ALL))  # cohort, preprocess (+merge), split, features, cv (+summary), fit, evaluate, explain
+    assert [line.split()[1] for line in table.splitlines()[1:steps + 1]] == [SKIPPED] * steps == [SKIPPED] * 10
 
 
 @pytest.mark.slow

@@ -72,8 +72,8 @@ def test_full_chain_runs_to_report_and_gallery(chain) -> None:
     assert (work / "reports" / "report.md").is_file()
     assert (work / "reports" / "explain" / "gallery.md").is_file()
     rows = table_rows(chain["out"])
-    assert list(rows) == ["cohort", "preprocess", "preprocess-merge", "split", "cv", "cv-summary", "fit", "evaluate",
-                          "explain", "finish"]
+    assert list(rows) == ["cohort", "preprocess", "preprocess-merge", "split", "features", "cv",
+                          "cv-summary", "fit", "evaluate", "explain", "finish"]
     assert {row[0] for row in rows.values()} == {"COMPLETED"}
     assert "this launch:" in chain["out"]  # the link to the launch (parent) run
     cv_job = rows["cv"][1]
