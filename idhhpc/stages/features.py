@@ -17,7 +17,12 @@ from idhhpc.constants import SHARD_INDEX_FILE
 from idhhpc.data.feature_cache import cache_is_complete
 from idhhpc.stages.checks import newer
 from idhhpc.stages.step import Step
-from idhhpc.train.prefix_cache import build_cache, cache_applies, cache_folder, cached_views
+from idhhpc.train.prefix_cache import (
+    build_cache,
+    cache_applies,
+    cache_folder,
+    cached_views,
+)
 from idhhpc.workdir import WorkDir
 
 log = logging.getLogger(__name__)

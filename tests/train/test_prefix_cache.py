@@ -17,8 +17,13 @@ from idhhpc.data.splits import load_splits
 from idhhpc.model.network import build_network
 from idhhpc.predictor import Predictor
 from idhhpc.stages.features import feature_tasks, outputs_verify, run_features
-from idhhpc.train.prefix_cache import build_cache, cache_folder, training_inputs, usable_cache
 from idhhpc.train.fitting import training_config_hash
+from idhhpc.train.prefix_cache import (
+    build_cache,
+    cache_folder,
+    training_inputs,
+    usable_cache,
+)
 from idhhpc.train.trainer import train
 from idhhpc.tune.folds import tuning_folds
 from idhhpc.tune.lockstep import LockstepCV
