@@ -49,8 +49,9 @@ def calibrated_network(config: JobConfig, train_ds: Dataset) -> IDHNet:
     model = build_network(config)
     count = min(config.model.calibration_samples, len(train_ds))
     if not model.initialisation.pretrained and count:
-        # drop_last: a lone volume has no batch statistics once the maps shrink to one voxel
-        batches = DataLoader(Subset(train_ds, range(count)), batch_size=max(2, config.train.micro_batch),
+        # drop_last: a lone volume has no batch statistics once the maps shrink to one voxel; the
+        # batch is capped at ``count`` so that drop_last never leaves no batch at all
+        batches = DataLoader(Subset(train_ds, range(count)), batch_size=max(2, min(config.train.micro_batch, count)),
                              drop_last=count >= 2)
         calibrate_batchnorm(model, (batch["image"] for batch in batches))
     return model

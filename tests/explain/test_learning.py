@@ -1,7 +1,7 @@
 """The pipeline learns, and looks at the tumor, on phantoms whose label depends only on the tumor.
 
-With ``crossover=0`` every mutant carries the mutant-like lesion (frontal, non-enhancing,
-little edema) and every wildtype the wildtype one, so a seeded short fit through the real
+With ``crossover=0`` every patient's lesion is drawn from its own class's phenotype (mutants
+mostly frontal, non-enhancing, with little edema), so a seeded short fit through the real
 stage functions must beat chance validation AUC clearly, and its Grad-CAM energy must fall on
 the tumor more than a CAM spread evenly over the brain would (the tumor's share of the brain).
 This is also issue 3's learning test.
@@ -29,14 +29,17 @@ from tests.support.pipeline import run_in_process
 pytestmark = pytest.mark.slow
 
 MIN_VAL_AUC = 0.7
-# Small enough for 2 CPU cores (about a minute idle): the shipped recipe (tumour crop, every stage
-# trained from random weights, BatchNorm in train mode) without augmentation, for speed. At 32³
-# the head's map is 1³ (a constant CAM), so the CAM is taken from block 2, whose 4³ map can still
-# point at one part of the crop.
+# Small enough for 2 CPU cores (about a minute idle). About 30 training patients are too few for
+# the shipped recipe (every stage trained from random weights): its validation AUC falls from
+# epoch 0 on (benchmarks/RESULTS.md, "Learning"). This test therefore trains, on the tumour crop,
+# only the last two stages on a calibrated random prefix with BatchNorm frozen, the explicit
+# option that learns at this size. At 32³ the head's map is 1³ (a constant CAM), so the CAM is
+# taken from block 2, whose 4³ map can still point at one part of the crop.
 LEARNING_JOB = ["preprocess.size=32", "preprocess.shard_size=16", "preprocess.roi=tumor", "split.test_fraction=0.1",
-                "split.val_fraction=0.3", "split.folds=2", "model.variant=b0", "train.loss=ce", "train.max_lr=0.001",
-                "train.augment=off", "train.epochs=8", "train.micro_batch=4", "train.accumulate=1",
-                "train.num_workers=0", "train.device=cpu", "explain.layer=net._blocks.2"]
+                "split.val_fraction=0.3", "split.folds=2", "model.variant=b0", "model.trainable_stages=2",
+                "model.freeze_batchnorm=true", "train.loss=ce", "train.max_lr=0.001", "train.augment=off",
+                "train.epochs=8", "train.micro_batch=4", "train.accumulate=1", "train.num_workers=0",
+                "train.device=cpu", "explain.layer=net._blocks.2"]
 
 
 @pytest.fixture(scope="module")
