@@ -24,18 +24,12 @@ from idhhpc.hpc.runner import run_locally, submit_to_slurm
 from idhhpc.launch import main
 from tests.support.jobs import tiny_config, tiny_overrides
 from tests.support.slurm import (
-    cluster_unavailable_reason,
     sacct_records,
+    slurm_marks,
     wait_for_final_state,
 )
 
-_UNAVAILABLE = cluster_unavailable_reason()
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.slow,
-    pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"Slurm test cluster not up: {_UNAVAILABLE}"),
-    pytest.mark.timeout(300),
-]
+pytestmark = slurm_marks(300, pytest.mark.slow)
 
 
 def launch(*argv: str) -> tuple[int, str, str]:

@@ -20,17 +20,12 @@ import submitit
 from submitit.slurm.slurm import SlurmJobEnvironment
 
 from tests.support.slurm import (
-    cluster_unavailable_reason,
     sacct_records,
+    slurm_marks,
     wait_for_final_state,
 )
 
-_UNAVAILABLE = cluster_unavailable_reason()
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"Slurm test cluster not up: {_UNAVAILABLE}"),
-    pytest.mark.timeout(120),
-]
+pytestmark = slurm_marks(120)
 
 # The job imports this module by value: tests are not an importable package in the job.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

@@ -12,7 +12,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from mlflow.tracking import MlflowClient
 
 from idhhpc.hpc.lock import WorkDirLock
@@ -20,17 +19,12 @@ from idhhpc.hpc.sacct import FINAL_STATES
 from idhhpc.launch import LOCK_BUSY, main
 from tests.support.jobs import tiny_overrides
 from tests.support.slurm import (
-    cluster_unavailable_reason,
     sacct_records,
+    slurm_marks,
     wait_for_final_state,
 )
 
-_UNAVAILABLE = cluster_unavailable_reason()
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"Slurm test cluster not up: {_UNAVAILABLE}"),
-    pytest.mark.timeout(300),
-]
+pytestmark = slurm_marks(300)
 REPO = Path(__file__).resolve().parents[2]
 
 

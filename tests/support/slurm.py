@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import time
 
+import pytest
+
 from idhhpc.hpc.sacct import FINAL_STATES, sacct_rows
 
 _USABLE_NODE_STATES = ("idle", "mixed", "allocated", "completing")
@@ -75,3 +77,11 @@ def wait_for_final_state(job_id: str, timeout_s: float = 60.0, poll_s: float = 0
             return states[-1]
         time.sleep(poll_s)
     raise TimeoutError(f"job {job_id} has no final sacct state after {timeout_s} s (last seen: {states})")
+
+
+def slurm_marks(timeout_s: int, *marks: pytest.MarkDecorator) -> list[pytest.MarkDecorator]:
+    """``pytestmark`` of a module that needs the Slurm test cluster: its tests skip, with the
+    reason, when the cluster is not up, and each gets ``timeout_s``."""
+    reason = cluster_unavailable_reason()
+    return [pytest.mark.slurm, *marks, pytest.mark.timeout(timeout_s),
+            pytest.mark.skipif(reason is not None, reason=f"Slurm test cluster not up: {reason}")]

@@ -92,8 +92,12 @@ def test_training_from_the_cache_equals_training_through_the_network(prepared, t
     assert torch.equal(trained["net._blocks.0.0._depthwise_conv.weight"], initial["net._blocks.0.0._depthwise_conv.weight"])
     for key, value in tail.state_dict().items():
         torch.testing.assert_close(value, trained[key], rtol=1e-4, atol=1e-5, msg=key)
+    labels = [int(ShardDataset(index, fit["val"])[i]["label"]) for i in range(len(fit["val"]))]
+    one_pair = 1 / (sum(labels) * (len(labels) - sum(labels)))
     for full_epoch, cached_epoch in zip(through.history, cached.history, strict=True):
-        assert cached_epoch["val/auc"] == pytest.approx(full_epoch["val/auc"], abs=1e-9) and full_epoch["val/auc"] > 0
+        # After 3 epochs on a dozen patients some validation probabilities agree to 1e-6, so float
+        # rounding may swap one such pair; the continuous validation loss is the strict check.
+        assert abs(cached_epoch["val/auc"] - full_epoch["val/auc"]) <= one_pair + 1e-9 and full_epoch["val/auc"] > 0
         assert cached_epoch["val/loss"] == pytest.approx(full_epoch["val/loss"], rel=1e-4)
         assert cached_epoch["train/loss"] == pytest.approx(full_epoch["train/loss"], rel=1e-4)
 

@@ -15,13 +15,9 @@ from idhhpc.hpc.runner import submit_to_slurm
 from idhhpc.tracking.runs import tracking_uri
 from idhhpc.tune.runs import TRIAL_TAG
 from tests.support.jobs import tiny_job
-from tests.support.slurm import cluster_unavailable_reason, wait_for_final_state
+from tests.support.slurm import slurm_marks, wait_for_final_state
 
-_UNAVAILABLE = cluster_unavailable_reason()
-pytestmark = [
-    pytest.mark.slurm, pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600),
-    pytest.mark.skipif(_UNAVAILABLE is not None, reason=f"Slurm test cluster not up: {_UNAVAILABLE}"),
-]
+pytestmark = slurm_marks(600, pytest.mark.ray, pytest.mark.slow)
 REPO = Path(__file__).resolve().parents[2]
 SLURM_SETTINGS = ["hpc.executor=slurm", "hpc.resources.partition=debug", "hpc.resources.cpus_per_task=2",
                   "hpc.resources.mem_gb=4", "hpc.resources.time_min=15", "tune.num_samples=2", "tune.epochs=1"]
