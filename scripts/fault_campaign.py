@@ -49,9 +49,11 @@ sys.path.insert(0, str(REPO))
 from idhhpc.launch import main  # noqa: E402
 from tests.support import faults as F  # noqa: E402
 
-STEPS = ("cohort", "preprocess", "preprocess-merge", "split", "cv", "fit", "evaluate", "explain")
+STEPS = ("cohort", "preprocess", "preprocess-merge", "split", "features", "cv", "cv-summary", "fit", "evaluate",
+         "explain")
 OUTPUTS = {"cohort": ["cohort"], "preprocess": ["shards"], "preprocess-merge": ["shards/index.json"],
-           "split": ["splits.json"], "cv": ["checkpoints/fold-0", "checkpoints/fold-1"], "fit": ["checkpoints/fit"],
+           "split": ["splits.json"], "features": ["features"], "cv": ["checkpoints/fold-0", "checkpoints/fold-1"],
+           "cv-summary": ["reports/cv"], "fit": ["checkpoints/fit"],
            "evaluate": ["reports"], "explain": ["reports/explain"]}
 """What each step writes: a case for step S starts from the reference minus S's and later outputs."""
 BOOKKEEPING = ("launches", "mlflow.db", "mlartifacts", "tracking-spool", ".idhhpc.lock")
