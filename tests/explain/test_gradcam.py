@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from idhhpc.explain.gradcam import ZeroCamWarning, compute_cam
+from idhhpc.model import network
 
 from .conftest import SIZE
 
@@ -114,7 +115,6 @@ def test_unknown_layer_and_method_are_refused(tiny_net, image):
 
 
 def test_build_model_with_frozen_stages(image):
-    network = pytest.importorskip("idhhpc.model.network")
     torch.manual_seed(0)
     model = network.build_model("b0", trainable_stages=2)
     result = compute_cam(model, image, "net._conv_head", class_index=1)

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+import submitit
 import torch
 
 from idhhpc.train.sampler import epoch_batches, make_sampler
@@ -152,7 +153,6 @@ def test_stop_on_one_rank_stops_every_rank_and_resume_matches(one_rank, two_rank
 @pytest.mark.slow
 def test_submitit_local_executor_with_two_tasks_matches_one_rank(one_rank, tmp_path):
     """The production path: submitit starts the tasks and the process group comes from its environment."""
-    submitit = pytest.importorskip("submitit")
     executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
     executor.update_parameters(tasks_per_node=2, timeout_min=5)
     job = executor.submit(fit_toy, str(tmp_path / "run"), TWO_RANKS)

@@ -3,12 +3,11 @@
 import pytest
 import torch
 
+from idhhpc import model as model_module
 from idhhpc.config import TrainConfig
 from idhhpc.train.stopping import StopRequest, TrainingInterrupted
 from idhhpc.train.trainer import train
 from tests.support.toy import make_toy_dataset
-
-model_module = pytest.importorskip("idhhpc.model")
 
 SETTINGS = TrainConfig(epochs=1, micro_batch=2, accumulate=2, num_workers=0, max_lr=1e-3)
 

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import ray
 import yaml
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -22,7 +23,6 @@ from idhhpc.tune.sweep import build_tuner, ensure_ray, experiment_path, run_swee
 from idhhpc.tuned import apply_tuned
 from tests.support.jobs import tiny_job
 
-ray = pytest.importorskip("ray")
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # trials run in workers without tests/ on sys.path
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
 
