@@ -121,6 +121,9 @@ class ModelConfig(Section):
     ``freeze_batchnorm`` makes every BatchNorm, the trained ones included, normalise with its
     running statistics; frozen stages always do. ``pretrained_fallback: scratch`` trains every
     stage from random weights, and says so, when the ImageNet weights cannot be had.
+    ``norm: group`` replaces every BatchNorm by GroupNorm (8 groups), which behaves alike in training
+    and evaluation and does not depend on the micro-batch; only for random initial weights, since
+    pretrained weights come with BatchNorm statistics (benchmarks/RESULTS.md, "Learning").
     """
 
     variant: Literal["b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7"] = "b7"
@@ -133,6 +136,16 @@ class ModelConfig(Section):
     bn_momentum: float = Field(0.1, gt=0, le=1)
     calibration_samples: int = Field(32, ge=0)
     freeze_batchnorm: bool = False
+    norm: Literal["batch", "group"] = "batch"
+
+    @model_validator(mode="after")
+    def _group_norm_from_scratch(self) -> "ModelConfig":
+        if self.norm == "group" and self.pretrained != "none":
+            raise ValueError(f"model.norm=group needs model.pretrained=none: the pretrained weights "
+                             f"({self.pretrained}) come with BatchNorm statistics; use model.norm=batch")
+        if self.norm == "group" and self.freeze_batchnorm:
+            raise ValueError("model.freeze_batchnorm=true has no BatchNorm to freeze with model.norm=group")
+        return self
 
     @model_validator(mode="before")
     @classmethod

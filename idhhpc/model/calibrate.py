@@ -45,9 +45,9 @@ def calibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> in
 
 def calibrated_network(config: JobConfig, train_ds: Dataset) -> IDHNet:
     """A new network whose BatchNorm statistics come from the first training volumes, unless
-    pretrained weights (with their own statistics) were loaded."""
+    pretrained weights (with their own statistics) were loaded or it has no BatchNorm."""
     model = build_network(config)
-    count = min(config.model.calibration_samples, len(train_ds))
+    count = min(config.model.calibration_samples, len(train_ds)) if config.model.norm == "batch" else 0
     if not model.initialisation.pretrained and count:
         # drop_last: a lone volume has no batch statistics once the maps shrink to one voxel; the
         # batch is capped at ``count`` so that drop_last never leaves no batch at all

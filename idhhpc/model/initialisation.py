@@ -48,6 +48,7 @@ class Initialisation:
     freeze_batchnorm: bool
     calibration_samples: int = 0
     note: str = ""
+    norm: str = "batch"
 
     @property
     def pretrained(self) -> bool:
@@ -74,6 +75,8 @@ class Initialisation:
         return "random initial weights (no pretrained weights)"
 
     def _freezing_phrase(self) -> str:
+        if self.norm == "group":
+            return "every stage trains; GroupNorm (8 groups) instead of BatchNorm (model.norm=group)"
         batchnorm = ("every BatchNorm normalises with running statistics (model.freeze_batchnorm=true)"
                      if self.freeze_batchnorm else "the trained stages' BatchNorm uses batch statistics (train mode)")
         calibrated = (f", BatchNorm statistics first estimated on up to {self.calibration_samples} training volumes"
@@ -100,7 +103,7 @@ def resolve_initialisation(model: ModelConfig, download: bool = False) -> Initia
     if trainable is None or note:
         trainable = default_trainable_stages(source is not None)
     return Initialisation(model.variant, kind, source, trainable, model.freeze_batchnorm, model.calibration_samples,
-                          note)
+                          note, model.norm)
 
 
 def _weights_source(model: ModelConfig, download: bool) -> tuple[str, Path | None, str]:

@@ -203,6 +203,7 @@ def build_model(
     pretrained_2d: str | Path | None = None,
     bn_momentum: float = 0.1,
     freeze_batchnorm: bool = False,
+    norm: str = "batch",
 ) -> IDHNet:
     """Build the 3D classifier; ``pretrained_2d`` names a local 2D MONAI state dict to inflate.
 
@@ -212,13 +213,14 @@ def build_model(
     a fine-tuning run on a few hundred volumes makes too few steps for 0.01 to track the
     trainable stages' statistics, and validation then sees stale ones. The new classifier starts
     near zero (std 0.01), so the first logits are about 0 (loss log 2) instead of MONAI's ±10.
+    ``norm="group"`` builds GroupNorm with 8 groups (every EfficientNet width is a multiple of 8).
     """
     name = variant_name(variant)
     if trainable_stages is None:
         trainable_stages = default_trainable_stages(pretrained_2d is not None)
     net = EfficientNetBN(
         name, pretrained=False, spatial_dims=3, in_channels=in_channels, num_classes=num_classes,
-        norm=("batch", {"eps": 1e-3, "momentum": bn_momentum}),
+        norm=("group", {"num_groups": 8}) if norm == "group" else ("batch", {"eps": 1e-3, "momentum": bn_momentum}),
     )
     net._dropout = nn.Dropout(dropout)
     nn.init.normal_(net._fc.weight, std=0.01)
@@ -244,7 +246,7 @@ def build_network(config: JobConfig, load_pretrained: bool = True) -> IDHNet:
         model = build_model(m.variant, len(config.data.modalities) + config.preprocess.extra_channels, dropout=m.dropout,
                             trainable_stages=init.trainable_stages, activation_checkpointing=m.activation_checkpointing,
                             channels_last=m.channels_last, pretrained_2d=init.source if load_pretrained else None,
-                            bn_momentum=m.bn_momentum, freeze_batchnorm=init.freeze_batchnorm)
+                            bn_momentum=m.bn_momentum, freeze_batchnorm=init.freeze_batchnorm, norm=m.norm)
     model.initialisation = init
     if load_pretrained:
         doubtful = bool(init.note) or (init.frozen_stages > 0 and not init.pretrained)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from idhhpc.config import ConfigError, load_job
 from idhhpc.model import (
@@ -77,3 +78,23 @@ def test_b7_job_uses_imagenet_with_the_study_freezing_or_trains_every_stage_and_
     init = resolve_initialisation(config.model)
     assert init.weights == "imagenet" and init.frozen_stages == 5 and not init.freeze_batchnorm
     assert "ImageNet weights" in init.describe() and str(cached) in init.describe()
+
+
+def test_group_norm_replaces_every_batchnorm_and_does_not_depend_on_the_batch(tmp_path):
+    config = _job(tmp_path, "model.norm=group")
+    model = build_network(config).eval()
+    norms = [type(m) for m in model.modules() if isinstance(m, (torch.nn.GroupNorm, torch.nn.modules.batchnorm._BatchNorm))]
+    assert norms and set(norms) == {torch.nn.GroupNorm}
+    assert "GroupNorm" in describe_initialisation(config) and "every stage trains" in describe_initialisation(config)
+    volumes = torch.randn(3, 4, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        alone, in_batch = model(volumes[:1]), model(volumes)[:1]
+    assert torch.allclose(alone, in_batch, atol=1e-5)
+    assert calibrated_network(config, make_toy_dataset(4)).initialisation.norm == "group"
+
+
+@pytest.mark.parametrize("override, says", [("model.pretrained=imagenet", "model.pretrained=none"),
+                                            ("model.freeze_batchnorm=true", "no BatchNorm to freeze")])
+def test_group_norm_is_refused_where_batchnorm_statistics_are_expected(tmp_path, override, says):
+    with pytest.raises(ConfigError, match=says):
+        _job(tmp_path, "model.norm=group", override)
