@@ -16,14 +16,21 @@ seconds to recover (the relaunch's wall time until the whole pipeline is done).
 Local cases (``--cases``, comma-separated groups): ``lock``, a second launch on a work dir a live
 launch holds, and one whose holder was killed; ``signals``, kill -9 of the stage's job, kill -9
 of the launcher and SIGTERM of the launcher, for every stage (local executor; the relaunch uses
---relaunch-executor, debug by default, in this process); ``mlflow``, the MLflow server down for
+--relaunch-executor, debug by default, in this process; a case also fails when any process the
+launch started, Ray's daemons included, outlives it by 30 s); ``mlflow``, the MLflow server down for
 a whole launch; ``corrupt``, a corrupted shard and a corrupted checkpoint; ``disk``, the work
 dir's file system full during preprocessing and during checkpointing (a small tmpfs, root only).
 
 Slurm cases (``--slurm private``: the cluster of slurm/private-cluster.sh; ``--slurm shared``:
 the shared test cluster, refused while anyone else has jobs there): the node taken DOWN while
-fit trains (Slurm requeues the job, the chain goes on), slurmctld restarted while cv runs, and
-SIGKILL to the running fit job (the relaunch resumes it). These need root.
+fit trains (Slurm requeues the job, the chain goes on), slurmctld restarted while cv runs,
+``scancel --signal=KILL`` of the running fit job and SIGKILL of its task's process (the relaunch
+resumes it). These need root.
+
+``--set KEY=VALUE`` applies to every launch, the reference's included: the tiny job has random
+weights, so ``features`` has no task unless ``--set model.pretrained=FILE`` (a 2D state dict,
+tests/support/pretrained.py) gives it a frozen pretrained prefix; ``tune`` runs only in a job
+whose ``stages`` list it.
 """
 
 from __future__ import annotations
@@ -49,16 +56,22 @@ sys.path.insert(0, str(REPO))
 from idhhpc.launch import main  # noqa: E402
 from tests.support import faults as F  # noqa: E402
 
-STEPS = ("cohort", "preprocess", "preprocess-merge", "split", "features", "cv", "cv-summary", "fit", "evaluate",
-         "explain")
+STEPS = ("cohort", "preprocess", "preprocess-merge", "split", "features", "tune", "cv", "cv-summary", "fit",
+         "evaluate", "explain")
 OUTPUTS = {"cohort": ["cohort"], "preprocess": ["shards"], "preprocess-merge": ["shards/index.json"],
-           "split": ["splits.json"], "features": ["features"], "cv": ["checkpoints/fold-0", "checkpoints/fold-1"],
+           "split": ["splits.json"], "features": ["features"], "tune": ["tune", "best_config.yaml"],
+           "cv": ["checkpoints/fold-0", "checkpoints/fold-1"],
            "cv-summary": ["reports/cv"], "fit": ["checkpoints/fit"],
            "evaluate": ["reports"], "explain": ["reports/explain"]}
 """What each step writes: a case for step S starts from the reference minus S's and later outputs."""
 BOOKKEEPING = ("launches", "mlflow.db", "mlartifacts", "tracking-spool", ".idhhpc.lock")
 RUNNING = {"preprocess": r"preprocessing patients", "cv": r"trainer: epoch 1/4", "fit": r"trainer: epoch 1/4"}
 """The log line that shows a step is under way (training: its first epoch is done)."""
+READY = {"tune": "tune/sweep/*/checkpoint_*"}
+"""Files in the work dir that show a step has state to resume from (the sweep: a trial's first checkpoint)."""
+CHAIN_FAILURE = re.compile(r"^(FAILED|CANCELLED) .*$", re.M)
+"""The lines ``--wait`` ends with, one per job that did not complete: the first names the cause
+unless a ``cause:`` line (a killed task, a full disk) says more."""
 CAUSE = re.compile(r"^(cause: .*|error: stage .*|interrupted by .*|.*took over the lock of .*|"
                    r".*MLflow tracking server unreachable.*|.*do not verify: .*)$", re.M)
 
@@ -74,8 +87,11 @@ class Row:
 
 
 class Campaign:
-    def __init__(self, root: Path, relaunch_executor: str) -> None:
+    def __init__(self, root: Path, relaunch_executor: str, overrides: tuple[str, ...] = ()) -> None:
         self.root, self.relaunch_executor = root, relaunch_executor
+        self.overrides = overrides
+        """``--set`` overrides of every launch, the reference's included (e.g. pretrained weights, so
+        that ``features`` has a task)."""
         self.reference = root / "reference" / "work"
         self.cohort = root / "reference" / "cohort"
         self.rows: list[Row] = []
@@ -89,10 +105,14 @@ class Campaign:
         executor = executor.removesuffix("-wait")
         try:
             with F.torch_threads(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-                code = main([*F.launch_argv(work, self.cohort, *extra, executor=executor), *wait])
+                code = main([*self.argv(work, *extra, executor=executor), *wait])
         finally:
             _release_logs(handler)
         return code, out.getvalue()
+
+    def argv(self, work: Path, *extra: str, executor: str = "debug") -> list[str]:
+        """Arguments of ``python -m idhhpc.launch`` for the fault job in ``work``, with the campaign's overrides."""
+        return F.launch_argv(work, self.cohort, *self.overrides, *extra, executor=executor)
 
     def build_reference(self) -> None:
         if (self.reference / "reports" / "explain").is_dir():
@@ -116,11 +136,13 @@ class Campaign:
         return work
 
     def recover(self, work: Path, case: str, stage: str, cause: str, stopped_s: float | None, *extra: str,
-                executor: str | None = None) -> None:
+                executor: str | None = None, stray: list[str] = ()) -> None:
+        """Relaunch and check; ``stray``: processes of the disturbed launch still alive after it (a failure)."""
         started = time.monotonic()
         code, text = self.run_main(work, *extra, executor=executor or self.relaunch_executor)
         seconds = time.monotonic() - started
-        problems = [] if code == 0 else [f"relaunch exited {code}: {_last_cause(text)}"]
+        problems = [f"processes left: {', '.join(stray)}"] if stray else []
+        problems += [] if code == 0 else [f"relaunch exited {code}: {_last_cause(text)}"]
         if code == 0:
             problems += [f"differs: {d}" for d in F.result_differences(work, self.reference)]
             problems += [f"partial file left: {p.name}" for p in F.partial_files(work)]
@@ -156,7 +178,8 @@ def wait_for_step(work: Path, step: str, launcher: subprocess.Popen, timeout_s: 
         groups = [g for g, s in F.lock_groups(work).items() if s == step and F.task_pids(g)]
         logged = step not in RUNNING or any(re.search(RUNNING[step], p.read_text(errors="replace"))
                                             for p in F.job_logs(work))
-        if groups and logged:
+        ready = step not in READY or any(work.glob(READY[step]))
+        if groups and logged and ready:
             return groups[-1]
         time.sleep(0.05)
     return None
@@ -167,11 +190,13 @@ def signal_case(campaign: Campaign, case: str, step: str) -> None:
     ``sigterm-launcher``: SIGTERM the launcher. Then relaunch."""
     work = campaign.prefix(case, step)
     log = work.parent / "launcher.log"
-    launcher = F.start_launcher(F.launch_argv(work, campaign.cohort, executor="local"), log)
+    launcher = F.start_launcher(campaign.argv(work, executor="local"), log)
     group = wait_for_step(work, step, launcher)
     if group is None:
         launcher.kill()
-        campaign.rows.append(Row(case, step, "not injected: the step ended before the fault", "", None, None))
+        campaign.rows.append(Row(case, step, "not injected: the launch ended before a task of the step ran (a step "
+                                 "without tasks, such as features without a frozen pretrained prefix, starts no job)",
+                                 "", None, None))
         return
     groups, started = list(F.lock_groups(work)), time.monotonic()
     if case == "kill-job":
@@ -184,10 +209,14 @@ def signal_case(campaign: Campaign, case: str, step: str) -> None:
     except subprocess.TimeoutExpired:
         launcher.kill()
     left = F.wait_until_gone(groups, timeout_s=120)
+    stray = F.wait_until_no_launch_processes(launcher.pid, timeout_s=30)
     stopped = round(time.monotonic() - started, 1)
     text = log.read_text(errors="replace")
     cause = _last_cause(text) if case != "kill-launcher" else f"launcher killed; {len(left)} job process group(s) left"
-    campaign.recover(work, case, step, cause, stopped)
+    campaign.recover(work, case, step, cause, stopped, stray=stray)
+    for line in stray:  # not to disturb the next case
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(line.split()[0]), signal.SIGKILL)
 
 
 # --- local cases: MLflow down, full file system, corrupt files ------------------------------------
@@ -246,7 +275,7 @@ def second_launch(campaign: Campaign) -> None:
                               env=F.launcher_env())
     holder.stdout.readline()
     started = time.monotonic()
-    refused = subprocess.run([sys.executable, "-m", "idhhpc.launch", *F.launch_argv(work, campaign.cohort)],
+    refused = subprocess.run([sys.executable, "-m", "idhhpc.launch", *campaign.argv(work)],
                              capture_output=True, text=True, env=F.launcher_env(), cwd=REPO)
     seconds = round(time.monotonic() - started, 1)
     holder.kill()
@@ -273,12 +302,22 @@ def job_of(step: str, work: Path) -> str | None:
     return None
 
 
+def task_pid(step: str, work: Path) -> int:
+    """The pid of ``step``'s running task, from the line its job logs when it starts."""
+    for out in F.job_logs(work):
+        text = out.read_text(errors="replace")
+        found = re.findall(rf"idhhpc\.job: {re.escape(step)}: started on \S+ \(pid (\d+)", text)
+        if found:
+            return int(found[-1])
+    raise RuntimeError(f"no job log of {step} names its pid")
+
+
 def slurm_case(campaign: Campaign, case: str, step: str, partition: str) -> None:
     """Submit the chain (``--wait``), inject the fault while ``step`` runs, let Slurm carry on, and
     require the chain to complete with the reference's results; a killed job is relaunched."""
     work = campaign.prefix(f"slurm-{case}", step)
     log = work.parent / "launcher.log"
-    argv = [*F.launch_argv(work, campaign.cohort, executor="slurm"), "--partition", partition, "--wait"]
+    argv = [*campaign.argv(work, executor="slurm"), "--partition", partition, "--wait"]
     launcher = F.start_launcher(argv, log)
     F.wait_for_job_line(work, RUNNING.get(step, rf"idhhpc\.job: {re.escape(step)}: started"), timeout_s=900,
                         process=launcher)
@@ -295,10 +334,14 @@ def slurm_case(campaign: Campaign, case: str, step: str, partition: str) -> None
             time.sleep(0.1)
         time.sleep(10)
         subprocess.run(["slurmctld"], check=True)
-    else:  # kill -9 of the running job
+    elif case == "kill-task":  # SIGKILL to the task's process itself, past Slurm (as the OOM killer would)
+        os.kill(task_pid(step, work), signal.SIGKILL)
+    else:  # kill -9 of the running job through Slurm: slurmctld carries it out as a cancel (SIGTERM first)
         subprocess.run(["scancel", "--signal=KILL", "--full", job], check=True)
     code = launcher.wait(timeout=1800)
-    cause = _last_cause(log.read_text(errors="replace")) if code else f"job {job} on {node}: chain carried on"
+    text = log.read_text(errors="replace")
+    first = re.search(r"^cause: .*$", text, re.M) or CHAIN_FAILURE.search(text)
+    cause = (first.group(0) if first else _last_cause(text)) if code else f"job {job} on {node}: chain carried on"
     if code != 0:  # the relaunch goes to Slurm too, and waits for the chain
         campaign.recover(work, f"slurm-{case}", step, cause, None, f"hpc.resources.partition={partition}",
                          executor="slurm-wait")
@@ -338,11 +381,14 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+SLURM_CASES = (("node-down", "fit"), ("slurmctld-restart", "cv"), ("kill-job", "fit"), ("kill-task", "fit"))
+"""``kill-job``: ``scancel --signal=KILL`` (slurmctld carries it out as a cancel: SIGTERM first);
+``kill-task``: SIGKILL straight to the task's process on its node, as the OOM killer would."""
 LOCAL_GROUPS = ("lock", "signals", "mlflow", "corrupt", "disk")
 
 
 def run(args: argparse.Namespace) -> list[Row]:
-    campaign = Campaign(args.root, args.relaunch_executor)
+    campaign = Campaign(args.root, args.relaunch_executor, tuple(args.set))
     campaign.build_reference()
     groups = {group for group in args.cases.split(",") if group}
     if "lock" in groups:
@@ -360,7 +406,7 @@ def run(args: argparse.Namespace) -> list[Row]:
         full_disk(campaign, "cv")
     if args.slurm != "none":
         use_cluster(args.slurm)
-        for case, step in (("node-down", "fit"), ("slurmctld-restart", "cv"), ("kill-job", "fit")):
+        for case, step in SLURM_CASES:
             slurm_case(campaign, case, step, args.partition)
     return campaign.rows
 
@@ -374,6 +420,9 @@ def main_cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--slurm", choices=["none", "private", "shared"], default="none")
     parser.add_argument("--partition", default="debug")
     parser.add_argument("--relaunch-executor", choices=["debug", "local"], default="debug")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every launch of the campaign, the reference's included "
+                             "(repeatable; e.g. model.pretrained=FILE so that features has a task)")
     parser.add_argument("--out", type=Path, help="write the markdown matrix here (and FILE.json)")
     args = parser.parse_args(argv)
     args.root = args.root.resolve()

@@ -8,6 +8,7 @@ that never comes; sacct knows at once that a dependent was cancelled because its
 from __future__ import annotations
 
 import logging
+import pwd
 import time
 from dataclasses import dataclass, field
 
@@ -125,7 +126,19 @@ def _classify(records: list[StepRecord], states: dict[str, dict[str, str]], conf
 
 def _cancel_phrase(row: dict[str, str]) -> str:
     """Slurm records the reason only for plain jobs (``Dependency``); a job that never started
-    under ``kill_on_invalid_dep`` was cancelled because a stage it waits for failed."""
+    under ``kill_on_invalid_dep`` was cancelled because a stage it waits for failed. For a job
+    that ran, sacct's Reason is still the one it was pending for (``Dependency``), not why it
+    ended: the message names who cancelled it instead (scancel, also ``scancel --signal=KILL``,
+    which Slurm carries out as a cancel: SIGTERM first, so training saves ``last.pt``)."""
     if row["Start"] in ("", "None", "Unknown"):
         return f"never started: a stage it depends on failed (sacct reason {row['Reason']})"
-    return f"cancelled while running (sacct reason {row['Reason']})"
+    by = f" by {_user(row['CancelledBy'])}" if row.get("CancelledBy") else ""
+    return f"cancelled while running{by} (scancel or an administrator); run the same command again to resume"
+
+
+def _user(uid: str) -> str:
+    """``root (uid 0)`` for ``0``; the bare uid when it names nobody here."""
+    try:
+        return f"{pwd.getpwuid(int(uid)).pw_name} (uid {uid})"
+    except (KeyError, ValueError):
+        return f"uid {uid}"

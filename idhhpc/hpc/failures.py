@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 from pathlib import Path
 
 from idhhpc.config import JobConfig
 
 _OOM_MARKERS = ("OutOfMemoryError", "CUDA out of memory")
 _SIGNAL_LINE = re.compile(r"idhhpc: task \d+ of job \S+ was ended by SIG")
+_SRUN_TASK_LINE = re.compile(r"^srun: error: (\S+): (tasks? [\d,\-]+): (.+?)\s*$", re.MULTILINE)
+"""srun's line for tasks that did not exit by themselves: ``srun: error: node: task 0: Killed``,
+the signal given as ``strsignal`` words (``Exited with exit code N`` is no signal)."""
+_SIGNAL_WORDS = {signal.strsignal(sig): sig for sig in signal.Signals if signal.strsignal(sig)}
+_SRUN_SIGNAL_HINTS = {
+    signal.SIGKILL: "killed by hand on the node or by the kernel's out-of-memory killer (Slurm's own kills end a "
+                    "job CANCELLED, TIMEOUT or OUT_OF_MEMORY instead)",
+    signal.SIGSEGV: "a crash in native code (HDF5 does this on a full disk)",
+    signal.SIGBUS: "a crash in native code (a memory-mapped file shrank or the disk is full)",
+}
 _DISK_FULL_MARKERS = ("No space left on device", "Errno 28", "errno = 28", "Disk quota exceeded", "Errno 122",
                       "unexpected pos", "file write failed")
 """How a full file system shows: OSError, HDF5's error stack, and torch.save's writer (which
@@ -73,6 +84,18 @@ def killed_by_signal(text: str) -> str | None:
     return found[-1] if found else None
 
 
+def srun_signal(text: str, job_id: str) -> str | None:
+    """srun's report that a Slurm job's task was ended by a signal, as the local controller's
+    line says it (``task 0 of job 41 on node n1 was ended by SIGKILL (signal 9): ...``)."""
+    for node, tasks, words in reversed(_SRUN_TASK_LINE.findall(text)):
+        sig = _SIGNAL_WORDS.get(words)
+        if sig is not None:
+            hint = _SRUN_SIGNAL_HINTS.get(sig, "a signal from outside the job")
+            verb = "were" if tasks.startswith("tasks") else "was"
+            return f"{tasks} of job {job_id} on {node} {verb} ended by {sig.name} (signal {int(sig)}): {hint}"
+    return None
+
+
 def disk_full_hint(config: JobConfig, text: str) -> str | None:
     """When a write failed for lack of space (or the work dir's file system is nearly full now),
     say so with the free space: h5py and torch.save report it in words that do not say "disk"."""
@@ -114,8 +137,9 @@ def describe_failure(step: str, job_id: str, err: BaseException | None, config: 
     if headline:
         parts.append(f"error: {headline}")
     signal_line = killed_by_signal(tail)
+    signal_line = signal_line.removeprefix("idhhpc: ") if signal_line else srun_signal(tail, job_id)
     if signal_line:
-        parts.append(f"cause: {signal_line.removeprefix('idhhpc: ')}")
+        parts.append(f"cause: {signal_line}")
     for hint in (disk_full_hint(config, "\n".join([error_text, tail])),
                  unreadable_checkpoint_hint("\n".join([error_text, tail]))):
         if hint:

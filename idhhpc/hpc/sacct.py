@@ -29,7 +29,8 @@ def sacct_rows(job_ids: list[str], fields: tuple[str, ...], *, duplicates: bool 
     """sacct's allocation records (``-X``: one per job or array task) of ``job_ids``.
 
     ``duplicates`` adds the records of earlier runs of a requeued job, oldest first. ``State``
-    keeps only its first word (``CANCELLED by 0`` becomes ``CANCELLED``).
+    keeps only its first word (``CANCELLED by 0`` becomes ``CANCELLED``); the uid after ``by``,
+    if any, goes to ``CancelledBy``.
     """
     if not job_ids:
         return []
@@ -42,5 +43,8 @@ def sacct_rows(job_ids: list[str], fields: tuple[str, ...], *, duplicates: bool 
     rows = [dict(zip(fields, line.split("|"))) for line in result.stdout.splitlines() if line]
     for row in rows:
         if "State" in row:
-            row["State"] = (row["State"].split() or [""])[0]
+            words = row["State"].split()
+            row["State"] = (words or [""])[0]
+            if len(words) == 3 and words[1] == "by":
+                row["CancelledBy"] = words[2]
     return rows

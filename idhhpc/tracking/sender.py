@@ -2,14 +2,15 @@
 
 Every operation is safe to send twice: runs carry an ``idhhpc.run_key`` tag that is looked up
 before creating one, metrics keep the timestamp of the original call (the SQL store drops an
-identical metric row), params and tags are rewritten with the same value, artifacts and tables
-overwrite, dataset inputs are linked once. A keyed image sent twice is stored twice (MLflow names
-each upload uniquely); the image card shows the latest.
+identical metric row), params are sent only when the run lacks them, tags are rewritten,
+artifacts and tables overwrite, dataset inputs are linked once. A keyed image sent twice is
+stored twice (MLflow names each upload uniquely); the image card shows the latest.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +25,8 @@ from mlflow.utils.mlflow_tags import (
 
 from idhhpc.tracking.experiment import ensure_experiment
 from idhhpc.tracking.journal import Operation
+
+logger = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "idhhpc.run_key"
 _BATCH = 100
@@ -94,9 +97,18 @@ class OperationSender:
         return run.info.run_id
 
     def _log_params(self, op: Operation) -> None:
-        params = [Param(k, v) for k, v in op["params"].items()]
+        """Params the run does not have yet. A run reopened by its key (a resumed sweep) already
+        holds its first launch's values, and MLflow rejects the whole batch if one of them changed
+        (``hpc.executor`` when the relaunch uses another executor): those keep their first value."""
+        run_id = self.run_id(op["run"])
+        logged = self.client.get_run(run_id).data.params
+        changed = sorted(k for k, v in op["params"].items() if k in logged and logged[k] != v)
+        if changed:
+            logger.info("run %s keeps the first values of %s (MLflow params cannot change)", op["run"],
+                        ", ".join(changed))
+        params = [Param(k, v) for k, v in op["params"].items() if k not in logged]
         for start in range(0, len(params), _BATCH):
-            self.client.log_batch(self.run_id(op["run"]), params=params[start : start + _BATCH])
+            self.client.log_batch(run_id, params=params[start : start + _BATCH])
 
     def _log_metrics(self, op: Operation) -> None:
         metrics = [

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 
 from idhhpc.config import ConfigError, load_job
-from idhhpc.hpc.chain import _is_final
+from idhhpc.hpc.chain import _cancel_phrase, _is_final
 from idhhpc.hpc.failures import describe_failure
 from idhhpc.hpc.jobcall import CheckpointableStageCall, StageCall, stage_call, summarize
+from idhhpc.hpc.sacct import sacct_rows
 from idhhpc.launch import main
 from idhhpc.stages.cv import run_cv_fold
 from idhhpc.stages.split import run_split
@@ -92,6 +93,19 @@ def test_a_node_failure_or_preemption_that_slurm_requeues_is_not_the_end():
     assert _is_final(row("FAILED"), "7", {"7": ("PENDING", "BeginTime")})
 
 
+def test_a_job_cancelled_while_running_is_named_with_who_cancelled_it_not_its_old_pending_reason(monkeypatch):
+    """sacct keeps a started job's Reason from while it was pending (``Dependency``): quoting it
+    said a dependency ended a job that scancel ended (``scancel --signal=KILL`` included)."""
+    out = ("900014|CANCELLED by 0|Dependency|2026-12-01T13:39:43|2026-12-01T13:40:21\n"
+           "900015|CANCELLED|Dependency|None|2026-12-01T13:40:22\n")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, out, ""))
+    ran, pending = sacct_rows(["900014", "900015"], ("JobID", "State", "Reason", "Start", "End"))
+    assert ran["State"] == "CANCELLED" and ran["CancelledBy"] == "0" and "CancelledBy" not in pending
+    message = _cancel_phrase(ran)
+    assert message.startswith("cancelled while running by root (uid 0)") and "Dependency" not in message
+    assert "run the same command again" in message
+    assert _cancel_phrase(pending) == "never started: a stage it depends on failed (sacct reason Dependency)"
+
 def test_a_checkpointable_step_stays_checkpointable_when_wrapped_for_its_job():
     wrapped = stage_call(run_cv_fold, "cv", 2)
     assert isinstance(wrapped, CheckpointableStageCall)
@@ -118,6 +132,20 @@ def test_failure_messages_name_a_full_disk_a_signal_and_an_unreadable_checkpoint
     message = describe_failure("fit", "42", error, config, None)
     assert "checkpoint /w/checkpoints/fit/last.pt cannot be read (truncated or corrupt). Delete it" in message
 
+
+def test_a_slurm_task_ended_by_a_signal_is_named_from_sruns_line(tmp_path):
+    """On Slurm no controller of ours writes the signal line: srun's ``task 0: Killed`` is the
+    only trace of a SIGKILL from outside Slurm (the OOM killer, kill -9 on the node)."""
+    config = tiny_config(tmp_path / "work", tmp_path / "cohort")
+    stderr = tmp_path / "job.err"
+    stderr.write_text("srun: error: fnode: task 0: Killed\nsrun: Force Terminated StepId=900044.0\n")
+    message = describe_failure("fit", "900044", None, config, stderr)
+    assert "cause: task 0 of job 900044 on fnode was ended by SIGKILL (signal 9): killed by hand on the node" in message
+    stderr.write_text("srun: error: n1: tasks 0-1: Segmentation fault\n")
+    assert "cause: tasks 0-1 of job 7 on n1 were ended by SIGSEGV (signal 11)" in describe_failure(
+        "preprocess", "7", None, config, stderr)
+    stderr.write_text("srun: error: fnode: task 0: Exited with exit code 75\n")
+    assert "cause:" not in describe_failure("fit", "8", None, config, stderr)
 
 def test_local_jobs_get_their_cpus_per_task_as_threads(tmp_path):
     """Whatever the launcher's environment says: parallel local jobs must not oversubscribe the cores."""

@@ -102,6 +102,35 @@ def wait_until_gone(pgids: list[int], timeout_s: float = 60) -> list[int]:
     return alive
 
 
+def launch_processes(launcher_pid: int) -> list[str]:
+    """Live processes started by the launch whose launcher had ``launcher_pid`` (its local jobs put
+    the pid in their environment, and everything they start inherits it: Ray's daemons and
+    workers, DataLoader workers), as ``pid name``; needs the right to read their environment."""
+    from idhhpc.hpc.localjobs import LAUNCHER_PID_ENV
+
+    marker = f"{LAUNCHER_PID_ENV}={launcher_pid}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker in (proc / "environ").read_bytes().split(b"\0") and (proc / "stat").read_text().split()[2] != "Z":
+                found.append(f"{proc.name} {(proc / 'comm').read_text().strip()}")
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+    return found
+
+
+def wait_until_no_launch_processes(launcher_pid: int, timeout_s: float = 60) -> list[str]:
+    """Wait for every process of the launch to end; those still alive after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    left = launch_processes(launcher_pid)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = launch_processes(launcher_pid)
+    return left
+
+
 def copy_prefix(source: Path, dest: Path) -> None:
     """The outputs of cohort, preprocess and split of ``source`` in ``dest`` (mtimes kept)."""
     dest.mkdir(parents=True, exist_ok=True)

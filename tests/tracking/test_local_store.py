@@ -71,3 +71,17 @@ def test_unreachable_server_spools_and_warns_once(tmp_path, caplog):
     assert run.run_id is None
     assert run.end() is False
     assert tracker.pending() == 9
+
+
+def test_a_reopened_run_keeps_its_first_params_and_gets_the_new_ones(tmp_path, caplog):
+    """A resumed sweep reopens its run by key and logs the config again; one changed value (the
+    relaunch's executor) used to make MLflow reject the whole batch with an ERROR."""
+    tracker = Tracker(default_tracking_uri(tmp_path), "local", tmp_path / "spool")
+    run = tracker.start_run("tune", params={"hpc.executor": "local", "train.epochs": 4})
+    with caplog.at_level(logging.INFO, logger="idhhpc.tracking"):
+        run.log_params({"hpc.executor": "debug", "train.epochs": 4, "tune.resumed": True})
+    assert tracker.pending() == 0
+    assert MlflowClient(tracker.sender.tracking_uri).get_run(run.run_id).data.params == {
+        "hpc.executor": "local", "train.epochs": "4", "tune.resumed": "True"}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("keeps the first values of hpc.executor" in r.getMessage() for r in caplog.records)
