@@ -137,6 +137,10 @@ class ModelConfig(Section):
     calibration_samples: int = Field(32, ge=0)
     freeze_batchnorm: bool = False
     norm: Literal["batch", "group"] = "batch"
+    tta: Literal["none", "flips"] = "none"
+    """``flips``: wherever the network scores volumes (validation, evaluate, predict, the MLflow
+    model) its logits are averaged over the volume and its flips along each axis (4 passes);
+    Grad-CAM explains the plain pass."""
 
     @model_validator(mode="after")
     def _group_norm_from_scratch(self) -> "ModelConfig":
@@ -216,6 +220,12 @@ class TrainConfig(Section):
     """3D augmentation of training volumes: none, random flips along every axis (label-preserving
     for a tumour-centred cube), or flips plus small rotations/scaling, bias field and intensity
     jitter. ``true``/``false`` mean full/off."""
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
+    """Exponential moving average of the weights (``idhhpc/train/averaging.py``), updated after
+    every optimizer step; validation, the kept checkpoint and the exported model use the average.
+    0: off. Pair it with ``model.norm: group`` when training from random weights (BatchNorm
+    statistics averaged with fast-moving weights do not fit the average). Tuning's lockstep folds
+    train without it."""
     checkpoint_every_steps: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     memory_budget_gb: float | None = Field(None, gt=0)

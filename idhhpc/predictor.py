@@ -41,12 +41,18 @@ def prob_mutant(logits: torch.Tensor) -> torch.Tensor:
 def iter_logits(model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device,
                 amp_dtype: torch.dtype | None = None,
                 memory_format: torch.memory_format = torch.contiguous_format) -> Iterator[tuple[torch.Tensor, dict]]:
-    """``(float32 logits, batch)`` for every batch of shard items (``image``, ``label``, ``patient_id``)."""
+    """``(float32 logits, batch)`` for every batch of shard items (``image``, ``label``, ``patient_id``).
+
+    A network with ``score_flips`` (``model.tta: flips``) is scored as the mean of its logits over
+    the volume and its flips along each spatial axis; a tail reading cached features never is.
+    """
+    flips = getattr(model, "score_flips", False) and not getattr(model, "feature_input", False)
     for batch in batches:
         images = batch["image"].to(device, memory_format=memory_format)
+        views = [images, *(images.flip(axis) for axis in (2, 3, 4))] if flips else [images]
         with autocast_context(device, amp_dtype):
-            logits = model(images)
-        yield logits.float(), batch
+            logits = torch.stack([model(view).float() for view in views]).mean(0)
+        yield logits, batch
 
 
 @dataclass

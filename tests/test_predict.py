@@ -145,3 +145,20 @@ def test_a_file_that_is_not_a_model_export_is_refused(trained, tmp_path, capsys)
     assert code == EXIT_INVALID_INPUT
     assert "not an idhhpc model export" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_flip_scoring_averages_the_logits_over_the_volume_and_its_flips():
+    from idhhpc.model import build_model
+    from idhhpc.predictor import iter_logits
+
+    model = build_model("b0", dropout=0.0, norm="group").eval()  # per-volume norms: logits far from 0 at init
+    torch.nn.init.normal_(model.net._fc.weight, std=1.0, generator=torch.Generator().manual_seed(1))
+    volumes = torch.randn(2, 4, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    batch = {"image": volumes}
+    with torch.no_grad():
+        plain, _ = next(iter_logits(model, [batch], torch.device("cpu")))
+        model.score_flips = True
+        flipped, _ = next(iter_logits(model, [batch], torch.device("cpu")))
+        expected = torch.stack([model(v) for v in (volumes, *(volumes.flip(a) for a in (2, 3, 4)))]).mean(0)
+    assert torch.allclose(plain, model(volumes), atol=1e-6)
+    assert torch.allclose(flipped, expected, atol=1e-6) and not torch.allclose(flipped, plain, atol=1e-4)

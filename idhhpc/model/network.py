@@ -76,6 +76,9 @@ class IDHNet(nn.Module):
         self._explaining = False
         self.feature_input = False
         """``forward`` takes prefix outputs instead of volumes (see :meth:`read_features`)."""
+        self.score_flips = False
+        """Scoring (:func:`idhhpc.predictor.iter_logits`) averages the logits over the volume and
+        its flips (``model.tta: flips``); ``forward`` itself is always one pass."""
         self.initialisation: Initialisation | None = None
         """What :func:`build_network` started it from (None when built directly)."""
         for module in self.frozen_modules():
@@ -248,6 +251,7 @@ def build_network(config: JobConfig, load_pretrained: bool = True) -> IDHNet:
                             channels_last=m.channels_last, pretrained_2d=init.source if load_pretrained else None,
                             bn_momentum=m.bn_momentum, freeze_batchnorm=init.freeze_batchnorm, norm=m.norm)
     model.initialisation = init
+    model.score_flips = m.tta == "flips"
     if load_pretrained:
         doubtful = bool(init.note) or (init.frozen_stages > 0 and not init.pretrained)
         log.log(logging.WARNING if doubtful else logging.INFO, "network: %s", init.describe())

@@ -3,7 +3,7 @@
 A micro-step runs the forward pass under the AMP policy, the loss in float32, and a backward
 pass scaled by the size of its accumulation window (so a window's gradient is the mean over its
 micro-batches, however short the last window of an epoch is); the step that ends a window
-applies the optimizer step. Under DDP gradients are synchronised only on that last micro-step.
+applies the optimizer step (and updates the moving average of the weights, if any). Under DDP gradients are synchronised only on that last micro-step.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from torch import nn
 
 from idhhpc.devices import autocast_context
 from idhhpc.train import distributed
+from idhhpc.train.averaging import bare
 from idhhpc.train.optim import apply_optimizer_step
 
 
@@ -32,6 +33,8 @@ class Optimization:
     amp_dtype: torch.dtype | None
     grad_clip: float | None
     memory_format: torch.memory_format = torch.contiguous_format
+    average: torch.optim.swa_utils.AveragedModel | None = None
+    """The moving average of the weights (``train.ema_decay``), updated after every optimizer step."""
 
     @property
     def learning_rate(self) -> float:
@@ -64,4 +67,6 @@ def training_step(opt: Optimization, batch: dict[str, Any], window: int, ends_wi
         (opt.scaler.scale(scaled) if opt.scaler else scaled).backward()
     if ends_window:
         apply_optimizer_step(opt.optimizer, opt.scheduler, opt.scaler, opt.grad_clip)
+        if opt.average is not None:
+            opt.average.update_parameters(bare(opt.forward_model))
     return loss.detach()

@@ -32,6 +32,7 @@ from idhhpc.constants import BEST_CHECKPOINT, LAST_CHECKPOINT
 from idhhpc.data.augment import AugmentedDataset, make_train_transform
 from idhhpc.devices import resolve_amp, resolve_device
 from idhhpc.train import distributed, stopping
+from idhhpc.train.averaging import make_weight_average
 from idhhpc.train.checkpoint import (
     TrainProgress,
     gradient_buffers,
@@ -95,6 +96,11 @@ class _Run:
         return self.opt.device
 
     @property
+    def scored_model(self) -> nn.Module:
+        """What validation scores and the kept checkpoint holds: the weights' average, if any."""
+        return self.opt.average.module if self.opt.average is not None else self.model
+
+    @property
     def micro_steps_per_epoch(self) -> int:
         return micro_steps_per_epoch(len(self.labels), self.settings.micro_batch, self.dist.world_size)
 
@@ -136,7 +142,8 @@ def _prepare_run(model, train_ds, val_ds, settings, seed, run_dir, on_epoch_end,
                        scheduler=make_scheduler(optimizer, settings, samples_per_rank),
                        scaler=make_scaler(use_scaler, device), loss_fn=make_loss(settings, labels).to(device),
                        device=device,
-                       amp_dtype=amp_dtype, grad_clip=settings.grad_clip, memory_format=_input_memory_format(model))
+                       amp_dtype=amp_dtype, grad_clip=settings.grad_clip, memory_format=_input_memory_format(model),
+                       average=make_weight_average(model, settings.ema_decay))
     return _Run(model=model, train_ds=train_ds, val_ds=val_ds, labels=labels, settings=settings, seed=seed,
                 run_dir=run_dir, opt=opt, stop=stop or StopRequest(), config_hash=config_hash,
                 on_epoch_end=on_epoch_end, dist=context)
@@ -294,7 +301,7 @@ def _peak_memory(device: torch.device) -> str:
 def _validate(run: _Run, epoch: int) -> ValidationResult:
     if not run.dist.enabled:
         return _validate_on(run, run.val_ds, epoch)
-    run.dist.broadcast_buffers(run.model)
+    run.dist.broadcast_buffers(run.scored_model)
     indices = distributed.shard_indices(len(run.val_ds), run.dist)
     part = _validate_on(run, Subset(run.val_ds, indices), epoch) if indices else None
     return distributed.gather_validation(run.dist, indices, part)
@@ -308,7 +315,7 @@ def _validate_on(run: _Run, dataset: Dataset, epoch: int) -> ValidationResult:
     """
     batching = dict(batch_size=run.settings.micro_batch, shuffle=False)
     loader = _loader(run, dataset, batching, seeded_generator(run.seed, VAL_LOADER_STREAM, epoch))
-    return validate(run.model, loader, run.opt.loss_fn, run.device, None, run.opt.memory_format)
+    return validate(run.scored_model, loader, run.opt.loss_fn, run.device, None, run.opt.memory_format)
 
 
 def _epoch_metrics(run: _Run, progress: TrainProgress, val: ValidationResult) -> dict[str, Any]:
@@ -336,7 +343,7 @@ def _update_best(run: _Run, progress: TrainProgress, metrics: dict, val: Validat
     progress.best_val = {"probs": val.probs, "labels": val.labels, "patient_ids": val.patient_ids}
     if run.dist.is_main:
         save_checkpoint(run.run_dir / BEST_CHECKPOINT, {
-            "model": run.model.state_dict(), "epoch": progress.epoch, "metrics": dict(metrics),
+            "model": run.scored_model.state_dict(), "epoch": progress.epoch, "metrics": dict(metrics),
             "config_hash": run.config_hash, "settings": _settings_record(run), "best_val": progress.best_val,
         })
     run.dist.barrier()
@@ -361,6 +368,7 @@ def _write_last(run: _Run, progress: TrainProgress, path: Path) -> Path:
         "scheduler": run.opt.scheduler.state_dict(),
         "scaler": run.opt.scaler.state_dict() if run.opt.scaler else {},
         "gradients": gradient_buffers(run.model),
+        "average": run.opt.average.state_dict() if run.opt.average is not None else {},
         "rng": capture_rng_state(),
         "progress": progress.to_dict(),
         "config_hash": run.config_hash,
@@ -387,6 +395,8 @@ def _resume(run: _Run) -> TrainProgress:
     if run.opt.scaler and state["scaler"]:
         run.opt.scaler.load_state_dict(state["scaler"])
     restore_gradients(run.model, state["gradients"])
+    if run.opt.average is not None:
+        run.opt.average.load_state_dict(state["average"])
     restore_rng_state(state["rng"])
     return TrainProgress.from_dict(state["progress"])
 
