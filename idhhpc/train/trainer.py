@@ -13,6 +13,7 @@ requests are agreed on at every micro-step boundary, and rank 0 alone writes che
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -21,7 +22,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -315,7 +316,25 @@ def _validate_on(run: _Run, dataset: Dataset, epoch: int) -> ValidationResult:
     """
     batching = dict(batch_size=run.settings.micro_batch, shuffle=False)
     loader = _loader(run, dataset, batching, seeded_generator(run.seed, VAL_LOADER_STREAM, epoch))
-    return validate(run.scored_model, loader, run.opt.loss_fn, run.device, None, run.opt.memory_format)
+    with _flip_scoring_when_it_counts(run, epoch):
+        return validate(run.scored_model, loader, run.opt.loss_fn, run.device, None, run.opt.memory_format)
+
+
+@contextlib.contextmanager
+def _flip_scoring_when_it_counts(run: _Run, epoch: int) -> Iterator[None]:
+    """Flip-averaged scoring (``model.tta: flips``, 4 passes) only where its predictions are used:
+    the last epoch when the job keeps the last epoch (its predictions become the out-of-fold ones,
+    the threshold's and the temperature's), every epoch when a validation metric selects one. The
+    other epochs' logged validation figures are of the plain pass."""
+    model = run.scored_model
+    if not getattr(model, "score_flips", False):
+        yield
+        return
+    model.score_flips = run.settings.select_metric != LAST_EPOCH or epoch + 1 >= run.settings.epochs
+    try:
+        yield
+    finally:
+        model.score_flips = True
 
 
 def _epoch_metrics(run: _Run, progress: TrainProgress, val: ValidationResult) -> dict[str, Any]:

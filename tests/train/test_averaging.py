@@ -67,3 +67,29 @@ def test_without_decay_there_is_no_average(tmp_path):
     assert _load(result.last_checkpoint)["average"] == {}
     kept = _load(result.best_checkpoint)["model"]
     assert all(torch.equal(kept[k], v) for k, v in model.state_dict().items())
+
+
+def test_flip_scoring_gives_the_kept_predictions_and_only_the_last_epoch_pays_for_it(tmp_path):
+    from idhhpc.model import build_model
+    from idhhpc.predictor import iter_logits, prob_mutant
+
+    torch.manual_seed(0)
+    model = build_model("b0", dropout=0.0, norm="group")
+    model.score_flips = True
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(module.training))
+    train_ds = make_toy_dataset(4, size=32, seed=1)
+    val_ds = make_toy_dataset(3, size=32, seed=2, mutant_share=0.5)
+    settings = SETTINGS.model_copy(update={"epochs": 2, "accumulate": 1})
+    result = train(model, train_ds, val_ds, settings, tmp_path)
+    # the average (a deep copy, hook included) is scored: 2 validation batches per epoch, plain in
+    # the first epoch, 4 passes each in the last
+    assert calls.count(False) == 2 + 2 * 4
+    kept = build_model("b0", dropout=0.0, norm="group")
+    kept.load_state_dict(_load(result.best_checkpoint)["model"])
+    kept.eval().score_flips = True
+    batch = {"image": torch.stack([val_ds[i]["image"] for i in range(len(val_ds))])}
+    with torch.no_grad():
+        logits, _ = next(iter_logits(kept, [batch], torch.device("cpu")))
+    assert prob_mutant(logits).tolist() == pytest.approx(result.best_val_probs, abs=1e-5)
+    assert result.history[0]["val/auc"] is not None and model.score_flips
