@@ -7,6 +7,7 @@ from monai.networks.nets import EfficientNetBN
 from torch import nn
 
 from idhhpc.model import build_model, inflate_2d_state_dict, load_pretrained_2d
+from tests.support.pretrained import random_2d_state_dict
 
 IN_CHANNELS = 4
 
@@ -33,14 +34,8 @@ def _replicate_depth_padding(model: nn.Module) -> None:
 
 def _random_2d_model(seed: int) -> EfficientNetBN:
     """A 2D b0 with random weights *and* random BatchNorm statistics, so every tensor matters."""
-    torch.manual_seed(seed)
     model = EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=3)
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
+    model.load_state_dict(random_2d_state_dict("b0", seed, flat_keys=False))
     return model.eval()
 
 
