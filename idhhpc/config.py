@@ -137,6 +137,9 @@ class ModelConfig(Section):
     calibration_samples: int = Field(32, ge=0)
     freeze_batchnorm: bool = False
     norm: Literal["batch", "group"] = "batch"
+    """``auto`` (resolved when the config loads): ``group`` for random initial weights with every
+    stage training and BatchNorm not frozen, else ``batch``; the built-in job uses it, so that
+    ``--set model.pretrained=imagenet`` on it gets BatchNorm for the ImageNet statistics."""
     tta: Literal["none", "flips"] = "none"
     """``flips``: wherever the network scores volumes (validation, evaluate, predict, the MLflow
     model) its logits are averaged over the volume and its flips along each axis (4 passes);
@@ -168,6 +171,9 @@ class ModelConfig(Section):
             data["pretrained"] = "none"
         if data.get("trainable_stages") == "all":
             data["trainable_stages"] = -1
+        if data.get("norm") == "auto":
+            from_scratch = data.get("pretrained", "none") == "none" and data.get("trainable_stages") in (None, -1)
+            data["norm"] = "group" if from_scratch and not data.get("freeze_batchnorm") else "batch"
         return data
 
 

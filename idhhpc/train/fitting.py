@@ -66,6 +66,9 @@ def train_and_track(config: JobConfig, run_name: str, train_ids: list[str], val_
     config_hash = training_config_hash(config)  # before the memory plan, a pure function of the config
     network, train_ds, val_ds = training_inputs(config, train_ids, val_ids)  # from the feature cache if usable
     log.info("%s: %s", run_name, describe_initialisation(config))
+    if config.train.ema_decay and config.model.norm == "batch" and config.model.pretrained == "none":
+        log.warning("%s: train.ema_decay with BatchNorm from random weights: the averaged running statistics do "
+                    "not fit the averaged weights (measured: constant predictions); set model.norm=group", run_name)
     config = fit_to_memory_budget(config, network, train_ds)
     restart = _made_by_other_config(work.last_checkpoint(run_name), config_hash)
     common = dict(config_hash=config_hash, stop=stop, restart=restart, seed=config.seed)

@@ -37,7 +37,8 @@ MIN_VAL_AUC = 0.7
 # taken from block 2, whose 4³ map can still point at one part of the crop.
 LEARNING_JOB = ["preprocess.size=32", "preprocess.shard_size=16", "preprocess.roi=tumor", "split.test_fraction=0.1",
                 "split.val_fraction=0.3", "split.folds=2", "model.variant=b0", "model.trainable_stages=2",
-                "model.freeze_batchnorm=true", "train.loss=ce", "train.max_lr=0.001", "train.augment=off",
+                "model.freeze_batchnorm=true", "model.tta=none", "train.ema_decay=0", "train.loss=ce",
+                "train.max_lr=0.001", "train.augment=off",
                 "train.epochs=8", "train.micro_batch=4", "train.accumulate=1", "train.num_workers=0",
                 "train.device=cpu", "explain.layer=net._blocks.2"]
 
