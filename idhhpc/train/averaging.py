@@ -19,8 +19,3 @@ def make_weight_average(model: nn.Module, decay: float) -> AveragedModel | None:
     if not decay:
         return None
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
-def bare(model: nn.Module) -> nn.Module:
-    """The module inside a DDP wrapper (the wrapper's parameters are the module's, in order)."""
-    return getattr(model, "module", model)

@@ -3,7 +3,8 @@
 A micro-step runs the forward pass under the AMP policy, the loss in float32, and a backward
 pass scaled by the size of its accumulation window (so a window's gradient is the mean over its
 micro-batches, however short the last window of an epoch is); the step that ends a window
-applies the optimizer step (and updates the moving average of the weights, if any). Under DDP gradients are synchronised only on that last micro-step.
+applies the optimizer step (and updates the moving average of the weights, if any). Under DDP
+gradients are synchronised only on that last micro-step.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from torch import nn
 
 from idhhpc.devices import autocast_context
 from idhhpc.train import distributed
-from idhhpc.train.averaging import bare
 from idhhpc.train.optim import apply_optimizer_step
 
 
@@ -68,5 +68,5 @@ def training_step(opt: Optimization, batch: dict[str, Any], window: int, ends_wi
     if ends_window:
         apply_optimizer_step(opt.optimizer, opt.scheduler, opt.scaler, opt.grad_clip)
         if opt.average is not None:
-            opt.average.update_parameters(bare(opt.forward_model))
+            opt.average.update_parameters(opt.forward_model)  # a DDP wrapper's parameters are its module's
     return loss.detach()
