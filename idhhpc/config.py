@@ -253,6 +253,10 @@ class EvaluateConfig(Section):
     """The headline test model: the mean of the k fold models (as nnU-Net does; their threshold is
     chosen on the pooled out-of-fold predictions) or the final fit. The report shows both when both
     exist; with no fold models ``folds`` falls back to the fit."""
+    clinical: list[Literal["age"]] = Field(default_factory=list)
+    """Clinical covariates fused with the network's score (late fusion: a logistic regression on
+    the out-of-fold logit and the covariates), reported beside the imaging-only figures, which
+    stay the headline. Off by default; the network itself never sees them."""
 
 
 class ExplainConfig(Section):

@@ -34,6 +34,12 @@ NECROSIS, EDEMA, ENHANCING = 1, 2, 4
 TUMOR_LABELS = (0, NECROSIS, EDEMA, ENHANCING)
 TUMOR_SUBREGIONS = {"necrosis": NECROSIS, "edema": EDEMA, "enhancing": ENHANCING}
 
+# --- clinical covariates -----------------------------------------------------------------------
+
+CLINICAL_COLUMNS: dict[str, tuple[str, ...]] = {"age": ("Age at MRI", "age", "Age")}
+"""Column spellings of each clinical covariate (``evaluate.clinical``): UCSF-PDGM's metadata CSV
+writes ``Age at MRI``, a users' cases CSV ``age``."""
+
 # --- the pipeline -------------------------------------------------------------------------------
 
 EPOCH_COUNTERS = ("epoch", "optimizer_step")
@@ -59,6 +65,7 @@ REPORT_HTML_FILE = "report.html"
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
 OOF_PREDICTIONS_FILE = "oof_predictions.csv"
+CLINICAL_FUSION_FILE = "clinical_fusion.json"
 CV_SUMMARY_FILE = "summary.json"
 GALLERY_FILE = "gallery.md"
 GALLERY_HTML_FILE = "gallery.html"

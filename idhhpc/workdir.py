@@ -99,6 +99,11 @@ class WorkDir:
         return self.cv_reports / names.CV_SUMMARY_FILE
 
     @property
+    def clinical_fusion(self) -> Path:
+        """The imaging + clinical model (``evaluate.clinical``), fitted on the out-of-fold predictions."""
+        return self.reports / names.CLINICAL_FUSION_FILE
+
+    @property
     def explanations(self) -> Path:
         return self.reports / "explain"
 

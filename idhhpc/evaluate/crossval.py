@@ -92,6 +92,10 @@ class CrossValidationSummary:
     threshold: float = 0.5
     per_fold_auc: list[float] = field(default_factory=list)
     splits_fingerprint: str = ""
+    clinical_inputs: list[str] = field(default_factory=list)
+    """``evaluate.clinical``: the covariates of the two rows below (empty: none)."""
+    clinical_only: Scored | None = None
+    with_clinical: Scored | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -104,4 +108,6 @@ class CrossValidationSummary:
             values |= {"cv/baseline_oof_auc": self.baseline.auc}
         if self.oracle:
             values |= {"cv/oracle_auc": self.oracle.auc, "cv/gap_to_oracle": self.oracle.auc - self.network.auc}
+        if self.with_clinical and self.clinical_only:
+            values |= {"cv/oof_auc_with_clinical": self.with_clinical.auc, "cv/clinical_only_oof_auc": self.clinical_only.auc}
         return {k: float(v) for k, v in values.items() if math.isfinite(v)}

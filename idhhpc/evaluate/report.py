@@ -106,6 +106,7 @@ def cross_validation_section(summary: Mapping[str, object]) -> list[str]:
         lines.append(f"| classical baseline (logistic regression, tumour intensity statistics) | {_scored(baseline)} |")
     if oracle:
         lines.append(f"| Bayes-optimal score (phantom oracle) | {_scored(oracle)} |")
+    lines += _clinical_rows(summary)
     lines.append("")
     if baseline and _finite(network["auc"]) and _finite(baseline["auc"]):
         lines.append(f"Network minus baseline: {network['auc'] - baseline['auc']:+.3f}.")
@@ -113,6 +114,16 @@ def cross_validation_section(summary: Mapping[str, object]) -> list[str]:
         lines.append(f"Gap to the Bayes optimum: {oracle['auc'] - network['auc']:.3f} "
                      f"(the network captures {_captured(network['auc'], oracle['auc'])} of the learnable signal above chance).")
     return lines
+
+
+def _clinical_rows(summary: Mapping[str, object]) -> list[str]:
+    """``evaluate.clinical``: the covariates alone and fused with the network (not imaging-only)."""
+    names, alone, fused = summary.get("clinical_inputs") or [], summary.get("clinical_only"), summary.get("with_clinical")
+    if not names or not alone or not fused:
+        return []
+    covariates = " + ".join(names)
+    return [f"| {covariates} alone (logistic regression; not imaging) | {_scored(alone)} |",
+            f"| network + {covariates} (late fusion, cross-fitted on the same folds; not imaging-only) | {_scored(fused)} |"]
 
 
 def _scored(scored: Mapping[str, float]) -> str:

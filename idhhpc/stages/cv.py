@@ -10,13 +10,17 @@ for phantom cohorts, the Bayes-optimal score on the same patients.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
+
+import numpy as np
 
 from idhhpc.atomic import atomic_write_json, atomic_write_text
 from idhhpc.config import JobConfig
+from idhhpc.data.clinical import read_covariates
 from idhhpc.data.oracle import load_oracle
 from idhhpc.data.splits import load_splits, non_test_patients, splits_fingerprint
-from idhhpc.evaluate import baseline
+from idhhpc.evaluate import baseline, fusion
 from idhhpc.evaluate.crossval import (
     CrossValidationSummary,
     OutOfFold,
@@ -26,13 +30,15 @@ from idhhpc.evaluate.crossval import (
 from idhhpc.evaluate.plots import plot_roc_comparison
 from idhhpc.evaluate.report import cross_validation_section
 from idhhpc.evaluate.thresholds import choose_threshold
-from idhhpc.stages.checks import newer, training_finished
+from idhhpc.stages.checks import newer, same_sections, training_finished
 from idhhpc.stages.step import Step
 from idhhpc.tracking.runs import stage_run
 from idhhpc.train.fitting import train_run
 from idhhpc.train.preemption import TrainingJob
 from idhhpc.train.stopping import StopRequest
 from idhhpc.workdir import WorkDir
+
+log = logging.getLogger(__name__)
 
 ROC_FIGURE = "oof_roc.png"
 BASELINE, ORACLE = "classical baseline", "Bayes optimum"
@@ -83,16 +89,42 @@ def comparison_scores(config: JobConfig, splits: dict[str, Any], oof: OutOfFold)
     oracle = load_oracle(config)
     if oracle and all(pid in oracle for pid in oof.patient_ids):
         scores[ORACLE] = [oracle[pid] for pid in oof.patient_ids]
-    return scores
+    return scores | clinical_scores(config, oof)
+
+
+def clinical_scores(config: JobConfig, oof: OutOfFold) -> dict[str, list[float]]:
+    """With ``evaluate.clinical``: the covariates alone and fused with the network, each
+    cross-fitted on the same folds (see :mod:`idhhpc.evaluate.fusion`)."""
+    names = config.evaluate.clinical
+    if not names:
+        return {}
+    covariates = read_covariates(config, oof.patient_ids)
+    labels, folds = np.asarray(oof.labels), np.asarray(oof.folds)
+    alone = fusion.cross_fitted(fusion.design(None, covariates), labels, folds)
+    fused = fusion.cross_fitted(fusion.design(np.asarray(oof.probs), covariates), labels, folds)
+    if np.isnan(fused).any():
+        log.warning("evaluate.clinical: a fold's complement holds one class only; no out-of-fold fused figure")
+        return {}
+    return {clinical_only_name(names): alone.tolist(), clinical_fused_name(names): fused.tolist()}
+
+
+def clinical_only_name(names: list[str]) -> str:
+    return f"{' + '.join(names)} alone"
+
+
+def clinical_fused_name(names: list[str]) -> str:
+    return f"network + {' + '.join(names)}"
 
 
 def summarise(config: JobConfig, splits: dict[str, Any], oof: OutOfFold, selections: list[dict[str, Any]],
               scores: dict[str, list[float]]) -> CrossValidationSummary:
     resamples, seed = config.evaluate.bootstrap, config.seed
     scored = {name: Scored.of(oof.labels, values, resamples, seed) for name, values in scores.items()}
+    names = config.evaluate.clinical
     return CrossValidationSummary(
         network=Scored.of(oof.labels, oof.probs, resamples, seed), baseline=scored.get(BASELINE),
-        oracle=scored.get(ORACLE), oracle_coverage=len(scores.get(ORACLE, [])),
+        oracle=scored.get(ORACLE), oracle_coverage=len(scores.get(ORACLE, [])), clinical_inputs=list(names),
+        clinical_only=scored.get(clinical_only_name(names)), with_clinical=scored.get(clinical_fused_name(names)),
         threshold=choose_threshold(oof.labels, oof.probs, config.evaluate.threshold),
         per_fold_auc=[float(s["val_auc"]) for s in selections], splits_fingerprint=splits_fingerprint(splits))
 
@@ -111,11 +143,12 @@ def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
 
 
 def summary_verify(config: JobConfig, previous: JobConfig | None) -> bool:
-    """The summary is newer than every fold's selection and the folds' outputs verify."""
+    """The summary is newer than every fold's selection, the folds' outputs verify, and
+    ``evaluate`` (threshold, bootstrap, clinical covariates) is unchanged."""
     work = WorkDir(config.work_dir)
     selections = [work.selection(fold_run_name(f)) for f in range(config.split.folds)]
     return outputs_verify(config, previous) and newer(work.cv_summary, *selections) and newer(
-        work.oof_predictions, *selections)
+        work.oof_predictions, *selections) and same_sections(config, previous, "evaluate")
 
 
 STEPS = (

@@ -8,19 +8,23 @@ calibration and the out-of-fold figures of the ``cv`` stage.
 
 from __future__ import annotations
 
+import csv
 import json
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from idhhpc.atomic import atomic_write_json
 from idhhpc.config import JobConfig
+from idhhpc.data.clinical import read_covariates
 from idhhpc.data.dataset import ShardDataset
 from idhhpc.data.oracle import load_oracle
 from idhhpc.data.splits import load_splits, non_test_patients
 from idhhpc.devices import resolve_device
-from idhhpc.evaluate import baseline
+from idhhpc.evaluate import baseline, fusion
 from idhhpc.evaluate.crossval import Scored
 from idhhpc.evaluate.metrics import compute_metrics
 from idhhpc.evaluate.outputs import evaluate_predictions
@@ -28,12 +32,14 @@ from idhhpc.evaluate.report import cross_validation_section
 from idhhpc.model.initialisation import describe_initialisation
 from idhhpc.predictor import Predictor
 from idhhpc.stages.checks import newer, same_sections
-from idhhpc.stages.cv import fold_run_name
+from idhhpc.stages.cv import clinical_fused_name, clinical_only_name, fold_run_name
 from idhhpc.stages.fit import RUN_NAME as FIT_RUN
 from idhhpc.stages.step import Step
 from idhhpc.tracking.records import log_evaluation
 from idhhpc.tracking.runs import stage_run
 from idhhpc.workdir import WorkDir
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,11 +59,13 @@ def run_evaluate(config: JobConfig) -> dict[str, Any]:
         test = ShardDataset(work.index, test_ids)
         models = score_models(config, test)
         headline = models.get(config.evaluate.ensemble) or models.get(FIT_RUN) or next(iter(models.values()))
-        sections = report_sections(config, test, models, headline)
+        clinical = clinical_test_scores(config, test, headline)
+        sections = report_sections(config, test, models, headline, clinical)
         metrics = evaluate_predictions(test.labels, headline.probs, headline.threshold, test.patient_ids,
                                        work.reports, history=headline.history, n_resamples=config.evaluate.bootstrap,
                                        seed=config.seed, sections=sections)
         other = {f"test/{m.name}_auc": compute_metrics(test.labels, m.probs, m.threshold)["auc"] for m in models.values()}
+        other |= clinical_test_metrics(config, test, clinical)
         served = work.exported_model(FIT_RUN)  # the model predict and the registry serve
         log_evaluation(run, config, work.reports, {k: v for k, v in other.items() if _finite(v)}
                        | cross_validation_summary(config), export=served if served.is_file() else None)
@@ -83,7 +91,7 @@ def score_models(config: JobConfig, test: ShardDataset) -> dict[str, TestScores]
 
 
 def report_sections(config: JobConfig, test: ShardDataset, models: dict[str, TestScores],
-                    headline: TestScores) -> list[str]:
+                    headline: TestScores, clinical: dict[str, list[float]] | None = None) -> list[str]:
     work = WorkDir(config.work_dir)
     lines = ["## Models", "", f"Headline: **{_model_title(headline.name, config)}**. {describe_initialisation(config)}",
              "", "| model | test AUC [95 % CI] | accuracy | F1 (weighted) | threshold |", "| --- | --- | --- | --- | --- |"]
@@ -92,14 +100,16 @@ def report_sections(config: JobConfig, test: ShardDataset, models: dict[str, Tes
         scored = Scored.of(list(test.labels), model.probs.tolist(), config.evaluate.bootstrap, config.seed)
         lines.append(f"| {_model_title(model.name, config)} | {scored.text()} | {metrics['accuracy']:.3f} | "
                      f"{metrics['f1_weighted']:.3f} | {model.threshold:.3f} |")
-    lines += ["", *reference_scorers(config, test, headline), ""]
+    lines += ["", *reference_scorers(config, test, headline, clinical or {}), ""]
     if work.cv_summary.is_file():
         lines += [*cross_validation_section(json.loads(work.cv_summary.read_text())), ""]
     return lines
 
 
-def reference_scorers(config: JobConfig, test: ShardDataset, headline: TestScores) -> list[str]:
-    """The classical baseline (fitted on every non-test patient) and the Bayes optimum on the test patients."""
+def reference_scorers(config: JobConfig, test: ShardDataset, headline: TestScores,
+                      clinical: dict[str, list[float]]) -> list[str]:
+    """The classical baseline (fitted on every non-test patient), the Bayes optimum and the
+    clinical scorers (``evaluate.clinical``) on the test patients."""
     labels, rows = list(test.labels), []
     features = baseline.tumour_features(test.index_path, list(test.patient_ids))
     if (features == features).any():
@@ -111,12 +121,55 @@ def reference_scorers(config: JobConfig, test: ShardDataset, headline: TestScore
     oracle = load_oracle(config)
     if oracle and all(pid in oracle for pid in test.patient_ids):
         rows.append(("Bayes-optimal score (phantom oracle)", [oracle[pid] for pid in test.patient_ids]))
+    rows += [(f"{name} ({_CLINICAL_NOTES[i]})", scores) for i, (name, scores) in enumerate(clinical.items())]
     if not rows:
         return []
     resamples, seed = config.evaluate.bootstrap, config.seed
     lines = ["On the same test patients:", "", "| scorer | test AUC [95 % CI] |", "| --- | --- |",
              f"| headline model | {Scored.of(labels, headline.probs.tolist(), resamples, seed).text()} |"]
     return lines + [f"| {name} | {Scored.of(labels, scores, resamples, seed).text()} |" for name, scores in rows]
+
+
+_CLINICAL_NOTES = ("logistic regression fitted on the out-of-fold patients; not imaging",
+                   "headline model fused by a logistic regression fitted on the out-of-fold predictions; not imaging-only")
+"""The two rows of :func:`clinical_test_scores`, in its order: the covariates alone, then fused."""
+
+
+def clinical_test_scores(config: JobConfig, test: ShardDataset, headline: TestScores) -> dict[str, list[float]]:
+    """With ``evaluate.clinical`` and the cv stage's out-of-fold predictions: the test patients
+    scored by the covariates alone and by the headline model fused with them, both stackers
+    fitted on the out-of-fold rows (:mod:`idhhpc.evaluate.fusion`); written to ``clinical_fusion.json``."""
+    names, work = list(config.evaluate.clinical), WorkDir(config.work_dir)
+    work.clinical_fusion.unlink(missing_ok=True)  # never leave an earlier job's fusion beside this report
+    if not names:
+        return {}
+    if not work.oof_predictions.is_file():
+        log.warning("evaluate.clinical needs the out-of-fold predictions of the cv stage (%s): not fused",
+                    work.oof_predictions)
+        return {}
+    with open(work.oof_predictions, newline="") as fh:
+        oof = list(csv.DictReader(fh))
+    oof_ids, labels = [r["patient_id"] for r in oof], np.array([int(r["label"]) for r in oof])
+    oof_covariates, test_covariates = read_covariates(config, oof_ids), read_covariates(config, list(test.patient_ids))
+    oof_probs = np.array([float(r["prob_mutant"]) for r in oof])
+    alone = fusion.fitted(fusion.design(None, oof_covariates), labels)
+    fused = fusion.fitted(fusion.design(oof_probs, oof_covariates), labels)
+    scores = {clinical_only_name(names): alone.predict_proba(fusion.design(None, test_covariates))[:, 1].tolist(),
+              clinical_fused_name(names): fused.predict_proba(fusion.design(headline.probs, test_covariates))[:, 1].tolist()}
+    atomic_write_json(work.clinical_fusion, {
+        "fitted_on": "out-of-fold predictions of the cv stage", "n": len(oof_ids), "headline_model": headline.name,
+        "clinical_only": fusion.describe(alone, names), "fused": fusion.describe(fused, ["network_logit", *names]),
+        "test": {"patient_ids": list(test.patient_ids), **scores}})
+    return scores
+
+
+def clinical_test_metrics(config: JobConfig, test: ShardDataset, clinical: dict[str, list[float]]) -> dict[str, float]:
+    """MLflow metrics of the report's two clinical rows."""
+    names, labels = list(config.evaluate.clinical), list(test.labels)
+    if not clinical:
+        return {}
+    return {"test/auc_with_clinical": compute_metrics(labels, np.array(clinical[clinical_fused_name(names)]), 0.5)["auc"],
+            "test/clinical_only_auc": compute_metrics(labels, np.array(clinical[clinical_only_name(names)]), 0.5)["auc"]}
 
 
 def _model_title(name: str, config: JobConfig) -> str:

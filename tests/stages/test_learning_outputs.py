@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from idhhpc.data.clinical import read_covariates
 from idhhpc.data.dataset import ShardDataset
 from idhhpc.data.oracle import load_oracle
 from idhhpc.data.splits import load_splits, non_test_patients
 from idhhpc.evaluate.calibration import apply_temperature, negative_log_likelihood
 from idhhpc.predictor import Predictor
-from idhhpc.stages.evaluate import score_models
+from idhhpc.stages.cv import run_cv_summary
+from idhhpc.stages.evaluate import run_evaluate, score_models
 from idhhpc.workdir import WorkDir
 from tests.support.jobs import tiny_config
 from tests.support.pipeline import run_in_process
@@ -93,3 +96,40 @@ def test_report_shows_both_models_the_baseline_the_optimum_and_the_weights(job):
     for phrase in ("mean of the 2 fold models", "final fit", "classical baseline", "Bayes-optimal score",
                    "## Out-of-fold (cross-validation)", "## Calibration", "random initial weights", "reliability.png"):
         assert phrase in report
+
+
+@pytest.fixture(scope="module")
+def with_age(job, tmp_path_factory):
+    """The same trained job, summarised and evaluated again with ``evaluate.clinical=[age]``."""
+    root = tmp_path_factory.mktemp("with-age")
+    shutil.copytree(job.work_dir, root / "work")
+    config = tiny_config(root / "work", job.data.root, "train.device=cpu", "train.epochs=2", "evaluate.clinical=[age]")
+    run_cv_summary(config)
+    run_evaluate(config)
+    return config
+
+
+def test_clinical_fusion_is_reported_beside_the_imaging_figures_which_stay_the_headline(job, with_age):
+    imaging, work = WorkDir(job.work_dir), WorkDir(with_age.work_dir)
+    summary = json.loads(work.cv_summary.read_text())
+    assert summary["network"] == json.loads(imaging.cv_summary.read_text())["network"]  # imaging-only, unchanged
+    assert summary["clinical_inputs"] == ["age"]
+    assert 0.0 <= summary["with_clinical"]["auc"] <= 1.0 and 0.0 <= summary["clinical_only"]["auc"] <= 1.0
+    assert work.predictions.read_text() == imaging.predictions.read_text()
+    report = work.report.read_text()
+    assert "network + age (headline model fused" in report and "age alone (logistic regression" in report
+    assert not imaging.clinical_fusion.exists() and "age alone" not in imaging.report.read_text()
+
+
+def test_the_fused_test_scores_follow_from_the_written_stacker(with_age):
+    work = WorkDir(with_age.work_dir)
+    written = json.loads(work.clinical_fusion.read_text())
+    test_ids = load_splits(with_age)["test"]
+    assert written["test"]["patient_ids"] == test_ids and written["n"] == len(non_test_patients(load_splits(with_age)))
+    with open(work.predictions) as fh:
+        headline = np.array([float(row["prob_mutant"]) for row in csv.DictReader(fh)])
+    ages = read_covariates(with_age, test_ids)[:, 0]
+    fused = written["fused"]
+    x = np.column_stack([np.log(np.clip(headline, 1e-6, 1 - 1e-6) / (1 - np.clip(headline, 1e-6, 1 - 1e-6))), ages])
+    logit = fused["intercept"] + ((x - fused["mean"]) / fused["scale"]) @ np.array(fused["coefficients"])
+    assert written["test"]["network + age"] == pytest.approx((1 / (1 + np.exp(-logit))).tolist(), abs=1e-4)
