@@ -75,17 +75,30 @@ def reason_kind(reason: str) -> str:
 PHANTOM_SPEC_FILE = "phantom-spec.json"
 
 
+def _phantom_marker(config: JobConfig) -> str:
+    """What ``phantom-spec.json`` holds: the generator's version and the spec it drew from."""
+    spec = json.loads(config.data.phantom.model_dump_json())
+    return json.dumps({"generator": GENERATOR_VERSION, "spec": spec}, sort_keys=True)
+
+
+def phantom_cohort_current(config: JobConfig) -> bool:
+    """No phantom is configured, or ``data.root`` holds the one this generator draws from the spec
+    (a cohort from an older generator or another spec is not: it lacks, say, ``oracle.csv``)."""
+    if config.data.phantom is None:
+        return True
+    marker = config.data.root / PHANTOM_SPEC_FILE
+    return marker.is_file() and marker.read_text() == _phantom_marker(config)
+
+
 def ensure_phantom_cohort(config: JobConfig) -> None:
     """Generate the configured phantom cohort into ``data.root``, atomically, unless the folder
     already holds a cohort made from the same spec (a changed spec regenerates it) or a real
     UCSF-PDGM download (so ``--set data.root=...`` on the default job just works)."""
     spec, root = config.data.phantom, config.data.root
-    if spec is None:
+    if spec is None or phantom_cohort_current(config):
         return
-    wanted = json.dumps({"generator": GENERATOR_VERSION, "spec": json.loads(spec.model_dump_json())}, sort_keys=True)
+    wanted = _phantom_marker(config)
     marker = root / PHANTOM_SPEC_FILE
-    if marker.is_file() and marker.read_text() == wanted:
-        return
     if not marker.is_file() and any(root.glob(METADATA_GLOB)):
         log.info("%s holds a UCSF-PDGM dataset: using it instead of generating phantoms", root)
         return
@@ -118,10 +131,20 @@ def _sources(config: JobConfig) -> list[Path]:
 
 
 def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
-    """The manifest is newer than its sources and the ``data`` section has not changed."""
+    """The manifest is newer than its sources, the ``data`` section has not changed, and a
+    phantom cohort is the current generator's."""
     work, sources = WorkDir(config.work_dir), _sources(config)
     return (bool(sources) and all(p.is_file() for p in sources) and same_sections(config, previous, "data")
-            and newer(work.manifest, *sources) and work.quarantine.is_file())
+            and newer(work.manifest, *sources) and work.quarantine.is_file() and _phantom_or_real_data(config))
+
+
+def _phantom_or_real_data(config: JobConfig) -> bool:
+    """A configured phantom cohort is this generator's (else the stage regenerates it), unless
+    ``data.root`` holds a real UCSF-PDGM download, which ``ensure_phantom_cohort`` leaves alone."""
+    root = config.data.root
+    if phantom_cohort_current(config) or root is None:
+        return True
+    return not (root / PHANTOM_SPEC_FILE).is_file() and any(root.glob(METADATA_GLOB))
 
 
 STEPS = (Step("cohort", "cohort", run_cohort, outputs_verify=outputs_verify),)

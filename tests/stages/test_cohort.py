@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from idhhpc.config import load_job
-from idhhpc.stages.cohort import TooFewPatients, run_cohort
+from idhhpc.stages.cohort import PHANTOM_SPEC_FILE, TooFewPatients, outputs_verify, run_cohort
 
 
 def job(tmp_path, *overrides):
@@ -31,6 +31,18 @@ def test_generates_phantoms_once_and_writes_manifest_and_quarantine(tmp_path):
 def test_changed_phantom_spec_regenerates(tmp_path):
     run_cohort(job(tmp_path))
     assert run_cohort(job(tmp_path, "data.phantom.patients=21")).included == 21
+
+
+def test_a_cohort_from_an_older_generator_does_not_verify_and_is_regenerated(tmp_path):
+    config = job(tmp_path)
+    run_cohort(config)
+    assert outputs_verify(config, config)
+    marker = tmp_path / "cohort" / PHANTOM_SPEC_FILE
+    marker.write_text(marker.read_text().replace('"generator": ', '"generator": -'))  # as an older version wrote it
+    (tmp_path / "cohort" / "oracle.csv").unlink()
+    assert not outputs_verify(config, config)  # a relaunch reruns the stage ...
+    run_cohort(config)
+    assert (tmp_path / "cohort" / "oracle.csv").is_file() and outputs_verify(config, config)  # ... which redraws it
 
 
 def test_refuses_to_overwrite_real_data_with_phantoms(tmp_path):
