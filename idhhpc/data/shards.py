@@ -35,7 +35,7 @@ import hdf5plugin
 import numpy as np
 
 from idhhpc.atomic import atomic_path, atomic_write_json, sha256_file
-from idhhpc.config import PreprocessConfig
+from idhhpc.config import PreprocessConfig, fingerprint
 from idhhpc.constants import SHARD_INDEX_FILE
 from idhhpc.data.cases import CaseFiles, CaseRejected, PreprocessedCase
 from idhhpc.data.geometry import GEOMETRY_KEYS
@@ -131,12 +131,37 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _sidecar_matches(h5_path: Path, sidecar_path: Path, shash: str, planned: list[str]) -> bool:
+def inputs_fingerprint(cases: list[CaseFiles]) -> str:
+    """What a shard was made from: each patient's label and the path, size and modification time
+    of each input file. A regenerated or re-exported cohort with the same patient IDs (or a
+    relabelled patient) changes it, so its shard is rebuilt; reading the files is not needed,
+    which keeps the check cheap for hundreds of gigabytes of NIfTIs."""
+    def stat(path: Path | None) -> list | None:
+        if path is None:
+            return None
+        try:
+            info = Path(path).stat()
+        except OSError:
+            return [str(path), "missing"]  # preprocessing quarantines the patient with the reason
+        return [str(path), info.st_size, info.st_mtime_ns]
+
+    record = [[c.patient_id, c.label, [stat(c.images[m]) for m in c.images], stat(c.brain_mask), stat(c.tumor_mask)]
+              for c in cases]
+    return fingerprint(record)
+
+
+def _sidecar_matches(h5_path: Path, sidecar_path: Path, shash: str, planned: list[str], inputs: str) -> bool:
     sidecar = _read_sidecar(sidecar_path)
     if sidecar is None or not h5_path.is_file():
         return False
     return (sidecar.get("settings_hash") == shash and sidecar.get("planned") == planned
-            and sidecar.get("sha256") == sha256_file(h5_path))
+            and sidecar.get("inputs") == inputs and sidecar.get("sha256") == sha256_file(h5_path))
+
+
+def sidecar_inputs(shards_dir: Path, shard_index: int) -> str | None:
+    """The inputs fingerprint a shard's sidecar records (None when it has none)."""
+    sidecar = _read_sidecar(Path(shards_dir) / f"{shard_name(shard_index)}.json")
+    return None if sidecar is None else sidecar.get("inputs")
 
 
 def _select_modalities(case: CaseFiles, modalities: list[str]) -> CaseFiles:
@@ -172,8 +197,8 @@ def build_shard(shard_index: int, cases: list[CaseFiles], shards_dir: Path, sett
     shards_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temps(shards_dir, name)
     planned = [validate_patient_id(c.patient_id) for c in cases]
-    shash = settings_hash(settings, modalities)
-    if _sidecar_matches(h5_path, sidecar_path, shash, planned):
+    shash, inputs = settings_hash(settings, modalities), inputs_fingerprint(cases)
+    if _sidecar_matches(h5_path, sidecar_path, shash, planned, inputs):
         sidecar = _read_sidecar(sidecar_path)
         return ShardReport(shard_index, h5_path, "skipped", len(planned), len(sidecar["written"]),
                            sidecar["quarantined"], sidecar["warnings"], 0.0)
@@ -185,7 +210,7 @@ def build_shard(shard_index: int, cases: list[CaseFiles], shards_dir: Path, sett
     atomic_write_json(sidecar_path, {
         "shard": h5_path.name, "sha256": sha256_file(h5_path), "settings_hash": shash,
         "format_version": FORMAT_VERSION, "modalities": list(modalities), "size": settings.size,
-        "planned": planned, "written": [c.patient_id for c in done],
+        "planned": planned, "inputs": inputs, "written": [c.patient_id for c in done],
         "labels": [c.label for c in done], "quarantined": quarantined,
         "warnings": warnings, "seconds": round(seconds, 3),
     })

@@ -18,7 +18,14 @@ from idhhpc.data import cohort as ingest
 from idhhpc.data.cases import CaseFiles
 from idhhpc.data.dataset import verify_shards
 from idhhpc.data.preprocess import settings_hash
-from idhhpc.data.shards import ShardReport, build_shard, merge_index, shard_name
+from idhhpc.data.shards import (
+    ShardReport,
+    build_shard,
+    inputs_fingerprint,
+    merge_index,
+    shard_name,
+    sidecar_inputs,
+)
 from idhhpc.stages.checks import newer, same_sections
 from idhhpc.stages.cohort import TooFewPatients
 from idhhpc.stages.step import Step
@@ -155,14 +162,17 @@ def run_merge_index(config: JobConfig) -> PreprocessSummary:
 
 
 def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
-    """The index is newer than the manifest, made with these settings, and every shard's
-    checksum matches it."""
+    """The index is newer than the manifest, made with these settings from the same input files
+    and labels, and every shard's checksum matches it."""
     work = WorkDir(config.work_dir)
     if not newer(work.index, work.manifest) or not same_sections(config, previous, "data", "preprocess"):
         return False
     index = json.loads(work.index.read_text())
-    if index.get("settings_hash") != shard_hash(config) or len(index["shards"]) != len(shard_plan(config)):
+    plan = shard_plan(config)
+    if index.get("settings_hash") != shard_hash(config) or len(index["shards"]) != len(plan):
         return False
+    if any(sidecar_inputs(work.shards, i) != inputs_fingerprint(cases) for i, cases in enumerate(plan)):
+        return False  # an input file or a label changed since its shard was built
     verify_shards(work.index, index)
     return True
 

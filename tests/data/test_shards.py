@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -61,6 +63,22 @@ def test_rerun_skips_matching_and_rebuilds_changed_shards(tmp_path):
         fh.seek(-100, 2)
         fh.write(b"\0" * 50)
     assert build_shard(0, cases[:1], shards, PreprocessConfig(size=12), MODALITIES).status == "written"
+
+
+def test_a_regenerated_image_or_a_new_label_with_the_same_patients_rebuilds_the_shard(tmp_path):
+    cases = make_cases(tmp_path / "raw", 2)
+    shards = tmp_path / "shards"
+    assert build_shard(0, cases, shards, SETTINGS, MODALITIES).status == "written"
+    redrawn = make_cases(tmp_path / "raw", 2, start=0)  # the same IDs and paths, written again
+    for case in redrawn:
+        for path in case.images.values():
+            os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 1_000_000))
+    assert build_shard(0, redrawn, shards, SETTINGS, MODALITIES).status == "written"
+    assert build_shard(0, redrawn, shards, SETTINGS, MODALITIES).status == "skipped"
+    relabelled = [dataclasses.replace(redrawn[0], label=1 - redrawn[0].label), redrawn[1]]
+    assert build_shard(0, relabelled, shards, SETTINGS, MODALITIES).status == "written"
+    with h5py.File(shards / "shard-00000.h5") as h5:
+        assert int(h5["labels"][0]) == relabelled[0].label
 
 
 def test_quarantine_is_recorded_and_stale_temps_removed(tmp_path):
