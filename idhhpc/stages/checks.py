@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from idhhpc.config import JobConfig
-from idhhpc.train.fitting import training_config_hash
+from idhhpc.train.fitting import run_identity
 from idhhpc.tuned import apply_tuned
 from idhhpc.workdir import WorkDir
 
@@ -31,9 +31,10 @@ def same_sections(config: JobConfig, previous: JobConfig | None, *sections: str)
     return previous is not None and previous.section_hash(*sections) == config.section_hash(*sections)
 
 
-def training_finished(config: JobConfig, previous: JobConfig | None, run_name: str) -> bool:
+def training_finished(config: JobConfig, previous: JobConfig | None, run_name: str, split: dict[str, list[str]]) -> bool:
     """``selection.json`` and ``model.pt`` written after the split by a finished run of this very
-    configuration (tuned values included), calibrated and thresholded as the job now asks."""
+    configuration (tuned values included) on these data and ``split["train"]``/``split["val"]``,
+    calibrated and thresholded as the job now asks."""
     work = WorkDir(config.work_dir)
     inputs = [work.splits, work.index, work.best_config]
     if not (newer(work.selection(run_name), *inputs) and newer(work.exported_model(run_name), *inputs)):
@@ -45,4 +46,5 @@ def training_finished(config: JobConfig, previous: JobConfig | None, run_name: s
             config.evaluate.calibration, config.evaluate.threshold):
         return False  # rerunning only recomputes them: the finished training resumes at its end
     last = torch.load(work.last_checkpoint(run_name), map_location="cpu", weights_only=True, mmap=True)
-    return last.get("config_hash") == training_config_hash(apply_tuned(config)) and bool(last["progress"]["finished"])
+    identity = run_identity(apply_tuned(config), split["train"], split["val"])
+    return last.get("config_hash") == identity and bool(last["progress"]["finished"])

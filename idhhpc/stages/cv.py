@@ -139,7 +139,9 @@ def _write_report(work: WorkDir, oof: OutOfFold, scores: dict[str, list[float]],
 
 
 def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
-    return all(training_finished(config, previous, fold_run_name(f)) for f in range(config.split.folds))
+    folds = load_splits(config)["folds"] if WorkDir(config.work_dir).splits.is_file() else []
+    return len(folds) == config.split.folds and all(
+        training_finished(config, previous, fold_run_name(f), folds[f]) for f in range(config.split.folds))
 
 
 def summary_verify(config: JobConfig, previous: JobConfig | None) -> bool:

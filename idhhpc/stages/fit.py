@@ -16,6 +16,7 @@ from idhhpc.stages.step import Step
 from idhhpc.train.fitting import train_run
 from idhhpc.train.preemption import TrainingJob
 from idhhpc.train.stopping import StopRequest
+from idhhpc.workdir import WorkDir
 
 RUN_NAME = "fit"
 
@@ -29,7 +30,9 @@ run_fit = TrainingJob(_fit)
 
 
 def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
-    return training_finished(config, previous, RUN_NAME)
+    if not WorkDir(config.work_dir).splits.is_file():
+        return False
+    return training_finished(config, previous, RUN_NAME, load_splits(config)["fit"])
 
 
 STEPS = (Step("fit", "fit", run_fit, outputs_verify=outputs_verify),)

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from idhhpc.atomic import atomic_path, atomic_write_json
-from idhhpc.config import JobConfig
+from idhhpc.atomic import atomic_path, atomic_write_json, sha256_file
+from idhhpc.config import JobConfig, fingerprint
 from idhhpc.evaluate.calibration import (
     apply_temperature,
     fit_temperature,
@@ -42,8 +42,18 @@ EXPORT_VERSION = 1
 
 
 def training_config_hash(config: JobConfig) -> str:
-    """What a run's checkpoints are tied to: a change in any of these sections starts it afresh."""
+    """The sections of the job a run's training depends on."""
     return config.section_hash("preprocess", "split", "model", *cache_sections(config), "train")
+
+
+def run_identity(config: JobConfig, train_ids: list[str], val_ids: list[str]) -> str:
+    """What a run's checkpoints are tied to: the training sections of the job, the preprocessed
+    data (the shard index, which records every shard's sha256) and the run's own patients. A
+    change in any of them starts the run afresh: a ``last.pt`` of other data (a regenerated
+    cohort, new shards) is never resumed, while a requeued job, which changes none, resumes."""
+    index = WorkDir(config.work_dir).index
+    data = sha256_file(index) if index.is_file() else None
+    return fingerprint([training_config_hash(config), data, sorted(train_ids), sorted(val_ids)])
 
 
 def train_run(config: JobConfig, run_name: str, train_ids: list[str], val_ids: list[str],
@@ -63,7 +73,7 @@ def train_and_track(config: JobConfig, run_name: str, train_ids: list[str], val_
     """
     work = WorkDir(config.work_dir)
     run_dir = work.checkpoints(run_name)
-    config_hash = training_config_hash(config)  # before the memory plan, a pure function of the config
+    config_hash = run_identity(config, train_ids, val_ids)  # before the memory plan: config, data and patients
     network, train_ds, val_ds = training_inputs(config, train_ids, val_ids)  # from the feature cache if usable
     log.info("%s: %s", run_name, describe_initialisation(config))
     if config.train.ema_decay and config.model.norm == "batch" and config.model.pretrained == "none":

@@ -7,7 +7,12 @@ import csv
 import pytest
 
 from idhhpc.config import load_job
-from idhhpc.stages.cohort import PHANTOM_SPEC_FILE, TooFewPatients, outputs_verify, run_cohort
+from idhhpc.stages.cohort import (
+    PHANTOM_SPEC_FILE,
+    TooFewPatients,
+    outputs_verify,
+    run_cohort,
+)
 
 
 def job(tmp_path, *overrides):
