@@ -177,14 +177,19 @@ def _model_title(name: str, config: JobConfig) -> str:
 
 
 def cross_validation_summary(config: JobConfig) -> dict[str, float]:
-    """Mean and spread of the folds' validation AUC and the pooled out-of-fold AUC, when cv ran."""
+    """Mean and spread of the folds' validation AUC and the pooled out-of-fold AUC (and, with
+    ``evaluate.clinical``, the clinical rows' out-of-fold AUCs), when cv ran."""
     work = WorkDir(config.work_dir)
     selections = [work.selection(fold_run_name(fold)) for fold in range(config.split.folds)]
     aucs = [a for a in (json.loads(p.read_text())["val_auc"] for p in selections if p.is_file()) if _finite(a)]
     summary = {"cv/mean_auc": float(np.mean(aucs)), "cv/std_auc": float(np.std(aucs)),
                "cv/folds": float(len(aucs))} if aucs else {}
     if work.cv_summary.is_file():
-        summary["cv/oof_auc"] = json.loads(work.cv_summary.read_text())["network"]["auc"]
+        pooled = json.loads(work.cv_summary.read_text())
+        summary["cv/oof_auc"] = pooled["network"]["auc"]
+        if config.evaluate.clinical and pooled.get("with_clinical") and pooled.get("clinical_only"):
+            summary["cv/oof_auc_with_clinical"] = pooled["with_clinical"]["auc"]
+            summary["cv/clinical_only_oof_auc"] = pooled["clinical_only"]["auc"]
     return {k: float(v) for k, v in summary.items() if _finite(v)}
 
 

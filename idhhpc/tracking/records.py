@@ -18,6 +18,7 @@ from typing import Any
 
 from idhhpc.config import JobConfig
 from idhhpc.constants import (
+    CLINICAL_FUSION_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
     REPORT_FILE,
@@ -53,8 +54,9 @@ def log_evaluation(run: RunHandle, config: JobConfig, reports: Path, cv_summary:
     run.log_metrics(metrics)
     run.log_table(metric_rows(document), METRICS_TABLE)
     figures = sorted(reports.glob("*.png"))
-    _log_figures(run, figures, [reports / name for name in (REPORT_HTML_FILE, REPORT_FILE, METRICS_FILE,
-                                                            PREDICTIONS_FILE)])
+    files = [reports / name for name in (REPORT_HTML_FILE, REPORT_FILE, METRICS_FILE, PREDICTIONS_FILE)]
+    fusion = reports / CLINICAL_FUSION_FILE  # only with evaluate.clinical
+    _log_figures(run, figures, files + ([fusion] if fusion.is_file() else []))
     parent = launch_run(run, config)
     if parent is not None:
         parent.log_metrics(launch_metrics(metrics))

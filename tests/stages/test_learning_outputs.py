@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+import mlflow
 from idhhpc.data.clinical import read_covariates
 from idhhpc.data.dataset import ShardDataset
 from idhhpc.data.oracle import load_oracle
@@ -19,6 +20,7 @@ from idhhpc.evaluate.calibration import apply_temperature, negative_log_likeliho
 from idhhpc.predictor import Predictor
 from idhhpc.stages.cv import run_cv_summary
 from idhhpc.stages.evaluate import run_evaluate, score_models
+from idhhpc.tracking.runs import tracking_uri
 from idhhpc.workdir import WorkDir
 from tests.support.jobs import tiny_config
 from tests.support.pipeline import run_in_process
@@ -133,3 +135,11 @@ def test_the_fused_test_scores_follow_from_the_written_stacker(with_age):
     x = np.column_stack([np.log(np.clip(headline, 1e-6, 1 - 1e-6) / (1 - np.clip(headline, 1e-6, 1 - 1e-6))), ages])
     logit = fused["intercept"] + ((x - fused["mean"]) / fused["scale"]) @ np.array(fused["coefficients"])
     assert written["test"]["network + age"] == pytest.approx((1 / (1 + np.exp(-logit))).tolist(), abs=1e-4)
+
+
+def test_the_evaluate_run_in_mlflow_holds_the_fused_metrics_and_the_stacker(with_age):
+    client = mlflow.MlflowClient(tracking_uri(with_age))
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    latest = max((r for r in runs if r.info.run_name == "evaluate"), key=lambda r: r.info.start_time)
+    assert {"test/auc_with_clinical", "test/clinical_only_auc", "cv/oof_auc_with_clinical"} <= set(latest.data.metrics)
+    assert "clinical_fusion.json" in {a.path for a in client.list_artifacts(latest.info.run_id)}
