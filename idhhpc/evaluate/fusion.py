@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from scipy.special import logit
 from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -37,14 +38,10 @@ def stacker() -> Pipeline:
 
 
 def cross_fitted(features: np.ndarray, labels: np.ndarray, folds: np.ndarray) -> np.ndarray:
-    """P(mutant) of every row from a stacker fitted on the other folds' rows only."""
-    out = np.full(len(labels), np.nan)
-    for fold in np.unique(folds):
-        held = folds == fold
-        if len(np.unique(labels[~held])) < 2:
-            continue  # the other folds have one class only: this fold stays unscored
-        out[held] = stacker().fit(features[~held], labels[~held]).predict_proba(features[held])[:, 1]
-    return out
+    """P(mutant) of every row from a stacker fitted on the other folds' rows only (scikit-learn's
+    ``cross_val_predict`` on the job's own folds). Raises ``ValueError`` when the other folds of
+    some fold hold one class only."""
+    return cross_val_predict(stacker(), features, labels, cv=PredefinedSplit(folds), method="predict_proba")[:, 1]
 
 
 def fitted(features: np.ndarray, labels: np.ndarray) -> Pipeline:

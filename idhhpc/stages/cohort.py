@@ -99,7 +99,7 @@ def ensure_phantom_cohort(config: JobConfig) -> None:
         return
     wanted = _phantom_marker(config)
     marker = root / PHANTOM_SPEC_FILE
-    if not marker.is_file() and any(root.glob(METADATA_GLOB)):
+    if _holds_real_data(root):
         log.info("%s holds a UCSF-PDGM dataset: using it instead of generating phantoms", root)
         return
     if root.is_dir() and not marker.is_file() and any(root.iterdir()):
@@ -142,8 +142,11 @@ def _phantom_or_real_data(config: JobConfig) -> bool:
     """A configured phantom cohort is this generator's (else the stage regenerates it), unless
     ``data.root`` holds a real UCSF-PDGM download, which ``ensure_phantom_cohort`` leaves alone."""
     root = config.data.root
-    if phantom_cohort_current(config) or root is None:
-        return True
+    return root is None or phantom_cohort_current(config) or _holds_real_data(root)
+
+
+def _holds_real_data(root: Path) -> bool:
+    """A UCSF-PDGM download rather than a phantom cohort: a metadata CSV and no phantom marker."""
     return not (root / PHANTOM_SPEC_FILE).is_file() and any(root.glob(METADATA_GLOB))
 
 

@@ -100,10 +100,11 @@ def clinical_scores(config: JobConfig, oof: OutOfFold) -> dict[str, list[float]]
         return {}
     covariates = read_covariates(config, oof.patient_ids)
     labels, folds = np.asarray(oof.labels), np.asarray(oof.folds)
-    alone = fusion.cross_fitted(fusion.design(None, covariates), labels, folds)
-    fused = fusion.cross_fitted(fusion.design(np.asarray(oof.probs), covariates), labels, folds)
-    if np.isnan(fused).any():
-        log.warning("evaluate.clinical: a fold's complement holds one class only; no out-of-fold fused figure")
+    try:
+        alone = fusion.cross_fitted(fusion.design(None, covariates), labels, folds)
+        fused = fusion.cross_fitted(fusion.design(np.asarray(oof.probs), covariates), labels, folds)
+    except ValueError as err:  # the other folds of some fold hold one class only
+        log.warning("evaluate.clinical: no out-of-fold clinical figures (%s)", err)
         return {}
     return {clinical_only_name(names): alone.tolist(), clinical_fused_name(names): fused.tolist()}
 

@@ -121,7 +121,8 @@ def reference_scorers(config: JobConfig, test: ShardDataset, headline: TestScore
     oracle = load_oracle(config)
     if oracle and all(pid in oracle for pid in test.patient_ids):
         rows.append(("Bayes-optimal score (phantom oracle)", [oracle[pid] for pid in test.patient_ids]))
-    rows += [(f"{name} ({_CLINICAL_NOTES[i]})", scores) for i, (name, scores) in enumerate(clinical.items())]
+    notes = _clinical_notes(config.evaluate.clinical)
+    rows += [(f"{name} ({notes[name]})", scores) for name, scores in clinical.items()]
     if not rows:
         return []
     resamples, seed = config.evaluate.bootstrap, config.seed
@@ -130,9 +131,11 @@ def reference_scorers(config: JobConfig, test: ShardDataset, headline: TestScore
     return lines + [f"| {name} | {Scored.of(labels, scores, resamples, seed).text()} |" for name, scores in rows]
 
 
-_CLINICAL_NOTES = ("logistic regression fitted on the out-of-fold patients; not imaging",
-                   "headline model fused by a logistic regression fitted on the out-of-fold predictions; not imaging-only")
-"""The two rows of :func:`clinical_test_scores`, in its order: the covariates alone, then fused."""
+def _clinical_notes(names: list[str]) -> dict[str, str]:
+    """What each row of :func:`clinical_test_scores` is, for the report."""
+    return {clinical_only_name(names): "logistic regression fitted on the out-of-fold patients; not imaging",
+            clinical_fused_name(names): "headline model fused by a logistic regression fitted on the out-of-fold "
+                                        "predictions; not imaging-only"}
 
 
 def clinical_test_scores(config: JobConfig, test: ShardDataset, headline: TestScores) -> dict[str, list[float]]:
