@@ -13,9 +13,13 @@ folds, with a ladder of models, each fitted on the fold's training patients (out
 5. the network (``reports/cv/oof_predictions.csv``), when the cv stage ran.
 
 It also prints how well the radiomics recover each drawn feature (cross-validated R^2 of a
-ridge regression), which says which features the preprocessed cube still shows.
+ridge regression), which says which features the preprocessed cube still shows, and, with
+``--train-sizes``, the classical scorers' learning curve: the same folds with each fold's training
+patients subsampled (mean over ``--repeats`` draws), which says whether more patients would close
+the gap to the oracle or the measurement would still bound it.
 
     python benchmarks/signal_ceiling.py --work /tmp/learning/work-s11 --cohort /tmp/learning/cohort-s11
+    python benchmarks/signal_ceiling.py --work W --cohort C --train-sizes 50 100 200
 """
 
 from __future__ import annotations
@@ -81,11 +85,34 @@ def out_of_fold(features: dict[str, np.ndarray], labels: dict[str, int], folds: 
     return probs
 
 
+def subsampled(folds: list[dict], size: int, seed: int) -> list[dict]:
+    """The same folds with ``size`` training patients each (all of them when a fold has fewer)."""
+    rng = np.random.default_rng(seed)
+    return [{"train": list(rng.permutation(fold["train"])[:size]), "val": fold["val"]} for fold in folds]
+
+
+def learning_curve(scorers: dict, labels: dict[str, int], folds: list[dict], ids: list[str], sizes: list[int],
+                   repeats: int, c: float) -> None:
+    """Print the out-of-fold AUC of each classical scorer against the training patients per fold."""
+    y = [labels[p] for p in ids]
+    print("\n| training patients per fold | " + " | ".join(scorers) + " |\n| --- |" + " --- |" * len(scorers))
+    for size in sizes:
+        cells = []
+        for fit in scorers.values():
+            aucs = [roc_auc_score(y, [probs[p] for p in ids]) for probs in
+                    (fit(subsampled(folds, size, seed)) for seed in range(repeats))]
+            cells.append(f"{np.mean(aucs):.3f}")
+        print(f"| {min(size, min(len(f['train']) for f in folds))} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, required=True, help="the job's work dir (shards, splits.json)")
     parser.add_argument("--cohort", type=Path, required=True, help="the phantom cohort (oracle.csv, phenotypes.json)")
     parser.add_argument("--c", type=float, default=0.3, help="inverse L2 strength of the logistic regressions")
+    parser.add_argument("--train-sizes", type=int, nargs="*", default=[],
+                        help="also print the classical scorers' out-of-fold AUC with this many training patients per fold")
+    parser.add_argument("--repeats", type=int, default=5, help="subsampling draws per training size")
     args = parser.parse_args()
     work = WorkDir(args.work)
     splits = json.loads(work.splits.read_text())
@@ -130,6 +157,12 @@ def main() -> None:
             ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 12)))
             predicted = cross_val_predict(ridge, x, target, cv=5)
             print(f"| {name} | {1 - ((predicted - target) ** 2).sum() / ((target - target.mean()) ** 2).sum():.2f} |")
+    if args.train_sizes:
+        scorers = {"radiomics": lambda f: out_of_fold(measured, labels, f, args.c),
+                   "baseline": lambda f: baseline.out_of_fold_probabilities(features, labels, f)}
+        if drawn:
+            scorers = {"drawn phenotype": lambda f: out_of_fold(drawn, labels, f, args.c)} | scorers
+        learning_curve(scorers, labels, folds, ids, args.train_sizes, args.repeats, args.c)
 
 
 if __name__ == "__main__":

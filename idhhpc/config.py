@@ -250,9 +250,10 @@ class EvaluateConfig(Section):
     calibration: Literal["temperature", "none"] = "temperature"
     """Temperature scaling of each model's probabilities, fitted on its own validation patients."""
     ensemble: Literal["folds", "fit"] = "folds"
-    """The headline test model: the mean of the k fold models (as nnU-Net does; their threshold is
-    chosen on the pooled out-of-fold predictions) or the final fit. The report shows both when both
-    exist; with no fold models ``folds`` falls back to the fit."""
+    """The headline test model: the mean of the k fold models (as nnU-Net does, in logit space, with
+    the same mean of each fold's own validation threshold: :mod:`idhhpc.evaluate.ensemble`) or the
+    final fit. The report shows both when both exist; with no fold models ``folds`` falls back to
+    the fit."""
     clinical: list[Literal["age"]] = Field(default_factory=list)
     """Clinical covariates fused with the network's score (late fusion: a logistic regression on
     the out-of-fold logit and the covariates), reported beside the imaging-only figures, which

@@ -26,6 +26,7 @@ from idhhpc.data.splits import load_splits, non_test_patients
 from idhhpc.devices import resolve_device
 from idhhpc.evaluate import baseline, fusion
 from idhhpc.evaluate.crossval import Scored
+from idhhpc.evaluate.ensemble import fold_ensemble
 from idhhpc.evaluate.metrics import compute_metrics
 from idhhpc.evaluate.outputs import evaluate_predictions
 from idhhpc.evaluate.report import cross_validation_section
@@ -73,7 +74,8 @@ def run_evaluate(config: JobConfig) -> dict[str, Any]:
 
 
 def score_models(config: JobConfig, test: ShardDataset) -> dict[str, TestScores]:
-    """The fit model and, when every fold exported one, the mean of the fold models."""
+    """The fit model and, when every fold exported one, the fold ensemble (their logit-space mean,
+    with the same mean of their own thresholds: :mod:`idhhpc.evaluate.ensemble`)."""
     work, device = WorkDir(config.work_dir), resolve_device(config.train.device)
     models = {}
     if work.exported_model(FIT_RUN).is_file():
@@ -82,9 +84,9 @@ def score_models(config: JobConfig, test: ShardDataset) -> dict[str, TestScores]
         models[FIT_RUN] = TestScores(FIT_RUN, fit.predict_proba(test), fit.threshold, history)
     fold_models = [work.exported_model(fold_run_name(f)) for f in range(config.split.folds)]
     if all(path.is_file() for path in fold_models) and work.cv_summary.is_file():
-        probs = np.mean([Predictor.load(path, device).predict_proba(test) for path in fold_models], axis=0)
-        threshold = json.loads(work.cv_summary.read_text())["threshold"]  # chosen on the pooled out-of-fold
-        models["folds"] = TestScores("folds", probs, float(threshold), None)
+        predictors = [Predictor.load(path, device) for path in fold_models]
+        probs, threshold = fold_ensemble([p.predict_proba(test) for p in predictors], [p.threshold for p in predictors])
+        models["folds"] = TestScores("folds", probs, threshold, None)
     if not models:
         raise FileNotFoundError(f"no trained model in {work.root / 'checkpoints'}: run the fit or cv stage first")
     return models

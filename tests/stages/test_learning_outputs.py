@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from scipy.special import expit, logit
 from sklearn.metrics import roc_auc_score
 
 import mlflow
@@ -80,14 +81,15 @@ def test_exported_model_applies_its_temperature(job):
     assert predictor.predict_proba(test) == pytest.approx(apply_temperature(raw, predictor.temperature), abs=1e-5)
 
 
-def test_fold_ensemble_is_the_mean_of_the_fold_models_and_reproducible(job):
+def test_fold_ensemble_is_the_logit_mean_of_the_fold_models_and_reproducible(job):
     work = WorkDir(job.work_dir)
     test = ShardDataset(work.index, load_splits(job)["test"])
     first, again = score_models(job, test), score_models(job, test)
-    folds = [Predictor.load(work.exported_model(f"fold-{f}"), "cpu").predict_proba(test) for f in range(2)]
+    predictors = [Predictor.load(work.exported_model(f"fold-{f}"), "cpu") for f in range(2)]
+    logits = [logit(np.clip(p.predict_proba(test), 1e-7, 1 - 1e-7)) for p in predictors]
     assert np.array_equal(first["folds"].probs, again["folds"].probs)
-    assert first["folds"].probs == pytest.approx(np.mean(folds, axis=0))
-    assert first["folds"].threshold == json.loads(work.cv_summary.read_text())["threshold"]
+    assert first["folds"].probs == pytest.approx(expit(np.mean(logits, axis=0)), abs=1e-6)
+    assert first["folds"].threshold == pytest.approx(expit(np.mean([logit(p.threshold) for p in predictors])))
     with open(work.predictions) as fh:  # the headline (default: folds) is what the report scored
         reported = [float(row["prob_mutant"]) for row in csv.DictReader(fh)]
     assert reported == pytest.approx(first["folds"].probs.tolist(), abs=1e-6)
@@ -128,8 +130,7 @@ def test_the_fused_test_scores_follow_from_the_written_stacker(with_age):
     written = json.loads(work.clinical_fusion.read_text())
     test_ids = load_splits(with_age)["test"]
     assert written["test"]["patient_ids"] == test_ids and written["n"] == len(non_test_patients(load_splits(with_age)))
-    with open(work.predictions) as fh:
-        headline = np.array([float(row["prob_mutant"]) for row in csv.DictReader(fh)])
+    headline = score_models(with_age, ShardDataset(work.index, test_ids))["folds"].probs  # the default headline
     ages = read_covariates(with_age, test_ids)[:, 0]
     fused = written["fused"]
     x = np.column_stack([np.log(np.clip(headline, 1e-6, 1 - 1e-6) / (1 - np.clip(headline, 1e-6, 1 - 1e-6))), ages])
