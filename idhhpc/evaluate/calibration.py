@@ -21,10 +21,15 @@ LOG_TEMPERATURE_BOUNDS = (-3.0, 3.0)
 """Temperatures between about 0.05 and 20: beyond, the validation set is too small to tell."""
 
 
+def probability_logit(probs: ArrayLike, epsilon: float = EPSILON) -> np.ndarray:
+    """``log(p / (1 - p))`` in float64, with ``p`` clipped to ``[epsilon, 1 - epsilon]`` so that a
+    saturated 0 or 1 gives a large finite logit instead of an infinite one."""
+    return logit(np.clip(np.asarray(probs, dtype=np.float64), epsilon, 1 - epsilon))
+
+
 def apply_temperature(probs: ArrayLike, temperature: float) -> np.ndarray:
     """P(mutant) after dividing the logit by ``temperature`` (1 leaves it unchanged)."""
-    clipped = np.clip(np.asarray(probs, dtype=np.float64), EPSILON, 1 - EPSILON)
-    return expit(logit(clipped) / temperature)
+    return expit(probability_logit(probs) / temperature)
 
 
 def negative_log_likelihood(y_true: ArrayLike, probs: ArrayLike) -> float:

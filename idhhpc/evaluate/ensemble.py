@@ -21,9 +21,9 @@ from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.special import expit, logit
+from scipy.special import expit
 
-from idhhpc.evaluate.calibration import EPSILON
+from idhhpc.evaluate.calibration import probability_logit
 
 
 def fold_ensemble(probs: Sequence[ArrayLike], thresholds: Sequence[float]) -> tuple[np.ndarray, float]:
@@ -34,6 +34,4 @@ def fold_ensemble(probs: Sequence[ArrayLike], thresholds: Sequence[float]) -> tu
     """
     if len(probs) != len(thresholds) or not len(probs):
         raise ValueError(f"need one threshold per fold model, got {len(probs)} models and {len(thresholds)} thresholds")
-    logits = logit(np.clip(np.asarray(probs, dtype=np.float64), EPSILON, 1 - EPSILON))
-    cutoffs = logit(np.clip(np.asarray(thresholds, dtype=np.float64), EPSILON, 1 - EPSILON))
-    return expit(logits.mean(axis=0)), float(expit(cutoffs.mean()))
+    return expit(probability_logit(probs).mean(axis=0)), float(expit(probability_logit(thresholds).mean()))

@@ -15,18 +15,19 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.special import logit
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import PredefinedSplit, cross_val_predict
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+
+from idhhpc.evaluate.calibration import probability_logit
 
 EPSILON = 1e-6
 
 
 def design(probs: np.ndarray, covariates: np.ndarray | None) -> np.ndarray:
     """Columns of the stacker: the network's logit (if ``probs`` is given) and the covariates."""
-    columns = [] if probs is None else [logit(np.clip(np.asarray(probs, np.float64), EPSILON, 1 - EPSILON))[:, None]]
+    columns = [] if probs is None else [probability_logit(probs, EPSILON)[:, None]]
     if covariates is not None:
         columns.append(np.asarray(covariates, np.float64))
     return np.hstack(columns)

@@ -83,7 +83,7 @@ def score_models(config: JobConfig, test: ShardDataset) -> dict[str, TestScores]
         history = json.loads(work.selection(FIT_RUN).read_text())["history"]
         models[FIT_RUN] = TestScores(FIT_RUN, fit.predict_proba(test), fit.threshold, history)
     fold_models = [work.exported_model(fold_run_name(f)) for f in range(config.split.folds)]
-    if all(path.is_file() for path in fold_models) and work.cv_summary.is_file():
+    if all(path.is_file() for path in fold_models) and work.cv_summary.is_file():  # a finished cv stage's folds
         predictors = [Predictor.load(path, device) for path in fold_models]
         probs, threshold = fold_ensemble([p.predict_proba(test) for p in predictors], [p.threshold for p in predictors])
         models["folds"] = TestScores("folds", probs, threshold, None)
