@@ -2,7 +2,7 @@
 
     python benchmarks/preprocess.py [--patients 4] [--shape 240 240 155] [--size 128]
 
-The decode limit is the project's own NIfTI decoder (``idhhpc.data.preprocess._read_nifti``,
+The decode limit is the project's own NIfTI decoder (``idhhpc.data.nifti_reading.read_volume``,
 the one ``preprocess_case`` calls) reading the four images and nothing else: no masks, no
 checks, no resampling, with the same number of reader threads as the pipeline it bounds.
 nibabel's streaming reader is printed for reference only; the project's decoder beats it.
@@ -24,12 +24,10 @@ import nibabel as nib
 import numpy as np
 
 from idhhpc.config import PreprocessConfig
-from idhhpc.constants import MODALITIES
+from idhhpc.constants import MAX_VOXELS, MODALITIES
 from idhhpc.data.cases import CaseFiles
-from idhhpc.data.preprocess import (  # the decoder preprocess_case uses
-    _read_nifti,
-    preprocess_case,
-)
+from idhhpc.data.nifti_reading import read_volume  # the decoder preprocess_case uses
+from idhhpc.data.preprocess import preprocess_case
 
 
 def _synthetic_patient(folder: Path, pid: str, shape: tuple[int, int, int], rng: np.random.Generator) -> None:
@@ -100,7 +98,7 @@ def monai_pipeline(size: int):
 def decode_images(case: CaseFiles, threads: int) -> list[np.ndarray]:
     """The four images through the project's decoder, ``threads`` at a time, and nothing else."""
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        return [data for data, _ in pool.map(_read_nifti, case.images.values())]
+        return [data for data, _ in pool.map(lambda path: read_volume(path, MAX_VOXELS), case.images.values())]
 
 
 def best_rates(methods: dict, cases: list, repeats: int) -> dict[str, float]:

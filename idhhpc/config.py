@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from idhhpc.atomic import atomic_write_text
-from idhhpc.constants import COORDINATE_CHANNELS, MODALITIES, STAGES
+from idhhpc.constants import COORDINATE_CHANNELS, MAX_VOXELS, MODALITIES, STAGES
 
 
 class ConfigError(ValueError):
@@ -75,6 +75,17 @@ class PreprocessConfig(Section):
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     affine_atol: float = Field(1e-3, gt=0)
     nan_policy: Literal["repair", "quarantine"] = "repair"
+    """NaN/Inf voxels of an image: set to 0 with a warning (``repair``), or quarantine the patient."""
+    nan_repair_limit: float = Field(0.01, ge=0.0, le=1.0)
+    """With ``repair``: the largest share of the brain's voxels one file may have NaN/Inf and still
+    be repaired; above it the patient is quarantined (a volume mostly NaN, or whose scale factors
+    overflowed, has no image left). The brain is the brain mask file, else every voxel non-zero
+    and finite in any modality, so NaN background outside the head does not count."""
+    max_voxels: int = Field(MAX_VOXELS, ge=8**3)
+    """Largest NIfTI volume read, in voxels, and largest cube (longest side cubed) it may pad to:
+    a file whose header claims more is refused before a voxel is read, in the cohort step,
+    preprocessing, ``predict`` and the served model alike (``idhhpc/data/nifti_reading.py``).
+    Default 2**26 (``constants.MAX_VOXELS``): 256 MiB per float32 file, five times UCSF-PDGM's."""
     shard_size: int = Field(16, ge=1)
     compression: Literal["none", "lzf", "gzip", "zstd"] = "zstd"  # measured in idhhpc/data/shards.py
     roi: Literal["brain", "tumor"] = "brain"

@@ -26,6 +26,10 @@ MODALITY_ALIASES: dict[str, tuple[str, ...]] = {
 """File-name spellings of each modality met in UCSF-PDGM copies and users' own folders."""
 COORDINATE_CHANNELS = 3
 """With ``preprocess.coordinates`` the network input ends with the R, A, S position of each voxel."""
+MAX_VOXELS = 2**26
+"""Default ``preprocess.max_voxels``: the largest NIfTI volume read, and the largest cube its
+longest side may pad to (a 406³ cube, 256 MiB per float32 file; a UCSF-PDGM volume, 240x240x155,
+pads to a 240³ cube, a fifth of it). Files whose header claims more are refused unread."""
 BRAIN_MASK_SUFFIX = "brain_segmentation"
 TUMOR_MASK_SUFFIX = "tumor_segmentation"
 

@@ -9,18 +9,20 @@ Checks here only read NIfTI headers; voxel-level problems are caught by preproce
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from idhhpc.atomic import atomic_write_text
-from idhhpc.constants import BRAIN_MASK_SUFFIX, TUMOR_MASK_SUFFIX
+from idhhpc.constants import BRAIN_MASK_SUFFIX, MAX_VOXELS, TUMOR_MASK_SUFFIX
 from idhhpc.data import ucsf_pdgm
 from idhhpc.data.cases import CaseFiles
+from idhhpc.data.nifti_reading import NiftiHeader, UnreadableNifti, read_header
 from idhhpc.ids import UnsafePatientId, validate_patient_id
 
 MASK_COLUMNS = ("tumor_mask", "brain_mask")
@@ -37,7 +39,8 @@ class Cohort:
         self.quarantined.append((patient_id, reason))
 
 
-def discover_ucsf_pdgm(root: Path, metadata_csv: Path | None, modalities: list[str], bias_corrected: bool) -> Cohort:
+def discover_ucsf_pdgm(root: Path, metadata_csv: Path | None, modalities: list[str], bias_corrected: bool,
+                       max_voxels: int = MAX_VOXELS) -> Cohort:
     """Match metadata rows to ``*_nifti`` folders, handling every UCSF-PDGM quirk."""
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: UCSF-PDGM folder not found")
@@ -50,7 +53,8 @@ def discover_ucsf_pdgm(root: Path, metadata_csv: Path | None, modalities: list[s
     for patient_id in sorted(set(folders) - listed):
         cohort.reject(patient_id, f"image folder {folders[patient_id]} has no row in {metadata_csv.name}")
     for patient_id in sorted(set(labels) & set(folders)):
-        case, problem = case_from_folder(patient_id, labels[patient_id], folders[patient_id], modalities, bias_corrected)
+        case, problem = case_from_folder(patient_id, labels[patient_id], folders[patient_id], modalities, bias_corrected,
+                                         max_voxels=max_voxels)
         cohort.cases.append(case) if case else cohort.reject(patient_id, problem)
     return cohort
 
@@ -96,11 +100,13 @@ def _patient_folders(root: Path, cohort: Cohort) -> dict[str, Path]:
 
 
 def case_from_folder(patient_id: str, label: int | None, folder: Path, modalities: list[str] | tuple[str, ...],
-                     bias: bool, affine_atol: float = 1e-3,
-                     tumor_mask: Path | None = None) -> tuple[CaseFiles | None, str]:
+                     bias: bool, affine_atol: float = 1e-3, tumor_mask: Path | None = None,
+                     max_voxels: int = MAX_VOXELS,
+                     confine: Callable[[Path], Path] | None = None) -> tuple[CaseFiles | None, str]:
     """One patient's files in a UCSF-PDGM folder (or a folder of files named by modality), with
     headers checked, as (case, "") or (None, the reason it cannot be used). ``tumor_mask``, when
-    given, replaces the folder's tumour segmentation."""
+    given, replaces the folder's tumour segmentation. ``confine`` maps every file found to the
+    path to read (or raises) before a byte of it is read: the served model's allowed roots."""
     images = {}
     for modality in modalities:
         path, problem = ucsf_pdgm.find_modality(folder, modality, bias)
@@ -114,11 +120,20 @@ def case_from_folder(patient_id: str, label: int | None, folder: Path, modalitie
         brain_mask=ucsf_pdgm.find_optional(folder, BRAIN_MASK_SUFFIX),
         tumor_mask=Path(tumor_mask) if tumor_mask is not None else ucsf_pdgm.find_optional(folder, TUMOR_MASK_SUFFIX),
     )
-    problem = check_headers(case, affine_atol)
+    if confine is not None:
+        case = confined_case(case, confine)
+    problem = check_headers(case, affine_atol, max_voxels)
     return (None, problem) if problem else (case, "")
 
 
-def discover_csv(cases_csv: Path, modalities: list[str]) -> Cohort:
+def confined_case(case: CaseFiles, confine: Callable[[Path], Path]) -> CaseFiles:
+    """``case`` with every file replaced by ``confine(file)``."""
+    masks = {name: confine(path) if path is not None else None
+             for name, path in (("brain_mask", case.brain_mask), ("tumor_mask", case.tumor_mask))}
+    return dataclasses.replace(case, images={m: confine(p) for m, p in case.images.items()}, **masks)
+
+
+def discover_csv(cases_csv: Path, modalities: list[str], max_voxels: int = MAX_VOXELS) -> Cohort:
     """Users' own data: one row per patient, paths relative to the CSV's folder."""
     rows = _read_csv(cases_csv)
     needed = {"patient_id", "label", *(m.lower() for m in modalities)}
@@ -127,12 +142,13 @@ def discover_csv(cases_csv: Path, modalities: list[str]) -> Cohort:
     cohort = Cohort()
     counts = Counter(row["patient_id"].strip() for row in rows)
     for line, row in enumerate(rows, start=2):
-        case, problem = _case_from_row(row, cases_csv, modalities, counts, line)
+        case, problem = _case_from_row(row, cases_csv, modalities, counts, line, max_voxels)
         cohort.cases.append(case) if case else cohort.reject(row["patient_id"].strip(), problem)
     return cohort
 
 
-def _case_from_row(row: dict, cases_csv: Path, modalities: list[str], counts: Counter, line: int) -> tuple[CaseFiles | None, str]:
+def _case_from_row(row: dict, cases_csv: Path, modalities: list[str], counts: Counter, line: int,
+                   max_voxels: int) -> tuple[CaseFiles | None, str]:
     where = f"{cases_csv.name} line {line}"
     patient_id = row["patient_id"].strip()
     try:
@@ -154,7 +170,7 @@ def _case_from_row(row: dict, cases_csv: Path, modalities: list[str], counts: Co
     if absent:
         return None, f"{where}: missing {', '.join(absent)}"
     case = CaseFiles(patient_id, label, images, brain_mask=masks["brain_mask"], tumor_mask=masks["tumor_mask"])
-    problem = check_headers(case)
+    problem = check_headers(case, max_voxels=max_voxels)
     return (None, problem) if problem else (case, "")
 
 
@@ -165,25 +181,22 @@ def _resolve(base: Path, text: str | None) -> Path | None:
     return path if path.is_absolute() else (base / path).resolve()
 
 
-def check_headers(case: CaseFiles, affine_atol: float = 1e-3) -> str | None:
-    """Reject a patient whose files are unreadable, not 3-D, or disagree in grid; reads headers only."""
+def check_headers(case: CaseFiles, affine_atol: float = 1e-3, max_voxels: int = MAX_VOXELS) -> str | None:
+    """Reject a patient whose files are unreadable, not 3-D, too large (``max_voxels``, see
+    :mod:`idhhpc.data.nifti_reading`) or disagree in grid; reads headers only."""
     files = {**case.images, **{k: v for k, v in (("brain mask", case.brain_mask), ("tumor mask", case.tumor_mask)) if v}}
-    reference_name, reference = None, None
+    reference: NiftiHeader | None = None
     for name, path in files.items():
         try:
-            header = nib.load(path).header
-        except Exception as err:  # nibabel raises many types for broken files
-            return f"{path}: unreadable NIfTI ({type(err).__name__}: {err})"
-        shape = tuple(int(s) for s in header.get_data_shape())
-        if len(shape) != 3 and not (len(shape) == 4 and shape[3] == 1):
-            return f"{path}: {name} is not a 3-D volume (shape {shape})"
-        grid = (shape[:3], header.get_best_affine())
+            header = read_header(path, max_voxels)
+        except UnreadableNifti as err:
+            return f"unreadable file {err} ({name})"
         if reference is None:
-            reference_name, reference = path, grid
-        elif grid[0] != reference[0]:
-            return f"{path}: shape {grid[0]} differs from {reference_name.name} {reference[0]}"
-        elif not np.allclose(grid[1], reference[1], atol=affine_atol):
-            return f"{path}: affine differs from {reference_name.name} beyond {affine_atol}"
+            reference = header
+        elif header.shape != reference.shape:
+            return f"{path}: shape {header.shape} differs from {reference.path.name} {reference.shape}"
+        elif not np.allclose(header.affine, reference.affine, atol=affine_atol):
+            return f"{path}: affine differs from {reference.path.name} beyond {affine_atol}"
     return None
 
 

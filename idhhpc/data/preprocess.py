@@ -1,11 +1,11 @@
 """One patient's NIfTI files → a float16 size³ tensor, its masks and the geometry to map back.
 
-Steps: load (nibabel) → canonical RAS → brain mask → crop to the brain box + margin → pad to a
+Steps: load (bounded, header checked first) → canonical RAS → brain mask → crop to the brain box + margin → pad to a
 centred cube → resample to size³ → per-modality clip + z-score inside the brain → float16.
 
-Why it is fast: gzip inflation is the unavoidable cost (done in one call per file, with ISA-L
-when installed, several files at once), so everything else touches as little memory as
-possible. Voxels stay in their on-disk dtype until the crop; reorientation uses views; the cube
+Why it is fast: gzip inflation is the unavoidable cost (in bounded pieces into one buffer sized
+by the checked header, :mod:`idhhpc.data.nifti_reading`, with ISA-L when installed, several
+files at once), so everything else touches as little memory as possible. Voxels stay in their on-disk dtype until the crop; reorientation uses views; the cube
 is filled in memory order; images resample through ``torch.nn.functional.interpolate`` (one
 multi-threaded pass for all channels: 57 ms vs 191 ms for ``scipy.ndimage.zoom(order=1)`` on
 4×190³ → 128³), masks by a nearest-neighbour gather; percentiles are taken on the size³ cube,
@@ -14,14 +14,11 @@ which is smaller than the native crop.
 
 from __future__ import annotations
 
-import gzip
-import struct
-import zlib
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,15 +29,10 @@ from idhhpc.config import PreprocessConfig, fingerprint
 from idhhpc.constants import TUMOR_LABELS
 from idhhpc.data.cases import CaseFiles, CaseRejected, PreprocessedCase
 from idhhpc.data.geometry import make_geometry
+from idhhpc.data.nifti_reading import UnreadableNifti, read_volume
 
-try:  # optional: ISA-L inflates gzip ~25 % faster than zlib, byte-identical output
-    from isal import isal_zlib as _inflate
-except ImportError:  # pragma: no cover - depends on the environment
-    _inflate = zlib
-
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
-_READ_ERRORS = (OSError, EOFError, ValueError, zlib.error, _inflate.error,
-                nib.filebasedimages.ImageFileError, nib.spatialimages.HeaderDataError)
 BRAIN_THRESHOLD = 0.0
 """Without a brain mask file, the brain is every voxel brighter than this in any modality
 (UCSF-PDGM volumes are skull-stripped, with exact zeros outside the brain)."""
@@ -61,64 +53,16 @@ class _Volume:
     path: Path
 
 
-def _gunzip(raw: bytes) -> bytes:
-    """Inflate in one call sized by the gzip trailer (ISIZE): ~20 % faster than ``gzip.decompress``
-    with zlib, ~40 % with ISA-L. The CRC is still checked.
-
-    Inflation stops after the first member, so a multi-member file (ISIZE then disagrees) goes
-    the slow, general way.
-    """
-    if len(raw) < 18:
-        raise EOFError("file shorter than a gzip header and trailer")
-    expected = struct.unpack("<I", raw[-4:])[0]
-    buffer = _inflate.decompress(raw, 31, max(expected, 1))
-    return buffer if len(buffer) % 2**32 == expected else gzip.decompress(raw)
-
-
-def _read_nifti_gz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Decode a NIfTI-1 .nii.gz in one ``gzip.decompress`` call and view the voxels in place.
-
-    nibabel streams through ``GzipFile`` in small blocks and copies into a new array, which costs
-    about as much again as the inflation itself; one-shot inflation plus ``np.frombuffer`` does
-    not. nibabel still parses the header and affine.
-    """
-    buffer = _gunzip(Path(path).read_bytes())
-    image = nib.Nifti1Image.from_bytes(buffer)
-    proxy = image.dataobj
-    data = np.frombuffer(buffer, proxy.dtype, count=int(np.prod(proxy.shape)),
-                         offset=int(proxy.offset)).reshape(proxy.shape, order=proxy.order)
-    slope, inter = float(proxy.slope), float(proxy.inter)
-    if slope != 1.0 or inter != 0.0:
-        data = data * np.float32(slope) + np.float32(inter)
-    return data, image.affine
-
-
-def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    if str(path).endswith(".nii.gz"):
-        with open(path, "rb") as fh:
-            is_gzip = fh.read(2) == b"\x1f\x8b"
-        if is_gzip:
-            try:
-                return _read_nifti_gz(path)
-            except nib.filebasedimages.ImageFileError:
-                pass  # not NIfTI-1 inside (e.g. NIfTI-2): let nib.load sort it out
-    image = nib.load(str(path))
-    return np.asanyarray(image.dataobj), image.affine
-
-
-def _load_volume(patient_id: str, path: Path | None) -> _Volume:
-    """Read one NIfTI in its on-disk dtype; every read failure becomes a one-line CaseRejected."""
+def _load_volume(patient_id: str, path: Path | None, max_voxels: int) -> _Volume:
+    """Read one NIfTI (bounded, :mod:`idhhpc.data.nifti_reading`) in its on-disk dtype; every read
+    failure becomes a one-line CaseRejected."""
     if path is None or not Path(path).is_file():
         raise CaseRejected(patient_id, f"missing file {path}")
     try:
-        data, affine = _read_nifti(Path(path))
-    except _READ_ERRORS as exc:
-        raise CaseRejected(patient_id, f"unreadable file {path}: {type(exc).__name__}: {exc}") from None
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise CaseRejected(patient_id, f"file {path} is {data.ndim}-D with shape {data.shape}, expected 3-D")
-    return _Volume(data, np.asarray(affine, dtype=np.float64), Path(path))
+        data, affine = read_volume(Path(path), max_voxels)
+    except UnreadableNifti as err:
+        raise CaseRejected(patient_id, f"unreadable file {err}") from None
+    return _Volume(data, affine, Path(path))
 
 
 def _check_same_grid(patient_id: str, reference: _Volume, other: _Volume, atol: float) -> None:
@@ -129,19 +73,49 @@ def _check_same_grid(patient_id: str, reference: _Volume, other: _Volume, atol: 
         raise CaseRejected(patient_id, f"affine mismatch: {other.path} vs {reference.path} (atol {atol})")
 
 
-def _repair_non_finite(patient_id: str, volume: _Volume, policy: str, warnings: list[str]) -> None:
-    """A finite sum proves every voxel finite at a fraction of ``isfinite``'s cost; only an
-    infinite sum (NaN/Inf, or float32 overflow) pays for the exact count."""
+def _non_finite(volume: _Volume) -> np.ndarray | None:
+    """Where ``volume`` is NaN/Inf, or None when nowhere. A finite sum proves every voxel finite at
+    a fraction of ``isfinite``'s cost; only an infinite sum (NaN/Inf, or float32 overflow) pays
+    for the exact mask."""
     if volume.data.dtype.kind != "f" or np.isfinite(volume.data.sum()):
+        return None
+    bad = ~np.isfinite(volume.data)
+    return bad if bad.any() else None
+
+
+def _repair_non_finite(patient_id: str, images: list[_Volume], bad: list[np.ndarray | None],
+                       brain_file: _Volume | None, settings: PreprocessConfig, warnings: list[str]) -> None:
+    """Set NaN/Inf voxels to 0 (``nan_policy: repair``), or refuse the patient: under
+    ``quarantine``, and when more than ``nan_repair_limit`` of the brain is NaN/Inf in one file
+    (a volume mostly NaN, or whose scale overflowed, has no image left to repair)."""
+    damaged = [(volume, mask) for volume, mask in zip(images, bad) if mask is not None]
+    if not damaged:
         return
-    finite = np.isfinite(volume.data)
-    n_bad = int(finite.size - np.count_nonzero(finite))
-    if n_bad == 0:
-        return
-    if policy != "repair":
-        raise CaseRejected(patient_id, f"file {volume.path} has {n_bad} NaN/Inf voxels")
-    volume.data = np.where(finite, volume.data, 0).astype(volume.data.dtype, copy=False)
-    warnings.append(f"{volume.path}: repaired {n_bad} NaN/Inf voxels to 0")
+    if settings.nan_policy != "repair":
+        volume, mask = damaged[0]
+        raise CaseRejected(patient_id, f"file {volume.path} has {int(np.count_nonzero(mask))} NaN/Inf voxels")
+    brain = _brain_for_repair(images, brain_file)
+    n_brain = max(int(np.count_nonzero(brain)), 1)
+    for volume, mask in damaged:
+        n_bad, in_brain = int(np.count_nonzero(mask)), int(np.count_nonzero(mask & brain))
+        if in_brain > settings.nan_repair_limit * n_brain:
+            raise CaseRejected(patient_id, f"file {volume.path} has {n_bad} NaN/Inf voxels, {in_brain / n_brain:.1%} "
+                                           f"of the brain, more than preprocess.nan_repair_limit "
+                                           f"({settings.nan_repair_limit:.1%}) repairs")
+        volume.data = np.where(mask, 0, volume.data).astype(volume.data.dtype, copy=False)
+        warnings.append(f"{volume.path}: repaired {n_bad} NaN/Inf voxels to 0")
+
+
+def _brain_for_repair(images: list[_Volume], brain_file: _Volume | None) -> np.ndarray:
+    """The brain mask file, else every voxel finite and brighter than BRAIN_THRESHOLD in any
+    modality (NaN background, common in exported volumes, is then no part of it)."""
+    if brain_file is not None:
+        return brain_file.data != 0
+    brain = np.zeros(images[0].data.shape, bool)
+    for volume in images:
+        with np.errstate(invalid="ignore"):
+            brain |= np.isfinite(volume.data) & (np.abs(volume.data) > BRAIN_THRESHOLD)
+    return brain
 
 
 def _check_labels(patient_id: str, volume: _Volume, allowed: tuple[int, ...], what: str) -> None:
@@ -265,16 +239,15 @@ def _normalize(image: np.ndarray, brain: np.ndarray, stats: list[tuple[float, fl
     return out
 
 
-def _load_checked(patient_id: str, path: Path, kind: str, settings: PreprocessConfig) -> tuple[_Volume, list[str]]:
-    """Read one file and run the checks that need only that file (safe to run in a thread)."""
-    volume, warnings = _load_volume(patient_id, path), []
+def _load_checked(patient_id: str, path: Path, kind: str,
+                  settings: PreprocessConfig) -> tuple[_Volume, np.ndarray | None]:
+    """Read one file and run the checks that need only that file (safe to run in a thread); an
+    image comes with its NaN/Inf voxels (None when it has none)."""
+    volume = _load_volume(patient_id, path, settings.max_voxels)
     if kind == "image":
-        _repair_non_finite(patient_id, volume, settings.nan_policy, warnings)
-    elif kind == "brain":
-        _check_labels(patient_id, volume, (0, 1), "brain mask")
-    else:
-        _check_labels(patient_id, volume, TUMOR_LABELS, "tumor mask")
-    return volume, warnings
+        return volume, _non_finite(volume)
+    _check_labels(patient_id, volume, (0, 1) if kind == "brain" else TUMOR_LABELS, f"{kind} mask")
+    return volume, None
 
 
 def _load_case(case: CaseFiles, settings: PreprocessConfig, read_threads: int):
@@ -292,7 +265,9 @@ def _load_case(case: CaseFiles, settings: PreprocessConfig, read_threads: int):
     masks = iter(volumes[len(case.images):])
     brain = next(masks) if case.brain_mask is not None else None
     tumor = next(masks) if case.tumor_mask is not None else None
-    return images, brain, tumor, [w for _, warnings in loaded for w in warnings]
+    warnings: list[str] = []
+    _repair_non_finite(pid, images, [bad for _, bad in loaded[: len(images)]], brain, settings, warnings)
+    return images, brain, tumor, warnings
 
 
 def _brain_box(pid: str, canonical: list[np.ndarray], brain_file: _Volume | None, native_affine: np.ndarray,
@@ -312,7 +287,25 @@ def preprocess_case(case: CaseFiles, settings: PreprocessConfig, read_threads: i
     ``read_threads`` files are decoded at once; 1 gives strictly sequential reading. With
     ``settings.roi == "tumor"`` the cube is the one around the tumour (see :func:`_tumor_cube`),
     normalised with the statistics of the whole brain so the tumour keeps its contrast to it.
+    Any other error (a file that breaks a library, memory) is this patient's rejection too,
+    logged with its traceback: one patient's files never take down the shard or the server.
     """
+    try:
+        return _preprocess_case(case, settings, read_threads)
+    except CaseRejected:
+        raise
+    except Exception as err:
+        log.warning("patient %s: unexpected error in preprocessing", case.patient_id, exc_info=True)
+        raise CaseRejected(case.patient_id, unexpected_reason(err)) from err
+
+
+def unexpected_reason(err: BaseException) -> str:
+    """One line for an error no check foresaw: its type and first line."""
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"unexpected {type(err).__name__} while preprocessing: {first}".rstrip(": ")
+
+
+def _preprocess_case(case: CaseFiles, settings: PreprocessConfig, read_threads: int) -> PreprocessedCase:
     pid = case.patient_id
     if not case.images:
         raise CaseRejected(pid, "no image files given")
@@ -367,6 +360,9 @@ def _tumor_cube(patient_id: str, canonical: list[np.ndarray], brain_full: np.nda
                                        "(*_tumor_segmentation.nii.gz)")
     low, high = _crop_box(patient_id, tumor_full != 0, 0)
     side = max(int(np.ceil((high - low).max() * (1 + 2 * settings.roi_margin))), settings.roi_min_side, 2)
+    if side**3 > settings.max_voxels:
+        raise CaseRejected(patient_id, f"the tumour cube's side {side} makes {side**3} voxels, more than "
+                                       f"preprocess.max_voxels = {settings.max_voxels}")
     corner = (low + high) // 2 - side // 2
     source = tuple(slice(max(int(c), 0), min(int(c) + side, n)) for c, n in zip(corner, tumor_full.shape))
     crop_start = np.array([s.start for s in source])

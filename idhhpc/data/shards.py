@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +40,10 @@ from idhhpc.config import PreprocessConfig, fingerprint
 from idhhpc.constants import SHARD_INDEX_FILE
 from idhhpc.data.cases import CaseFiles, CaseRejected, PreprocessedCase
 from idhhpc.data.geometry import GEOMETRY_KEYS
-from idhhpc.data.preprocess import FORMAT_VERSION, preprocess_case, settings_hash
+from idhhpc.data.preprocess import FORMAT_VERSION, preprocess_case, settings_hash, unexpected_reason
 from idhhpc.ids import validate_patient_id
 
+log = logging.getLogger(__name__)
 COMPRESSIONS = ("none", "lzf", "gzip", "zstd")
 
 
@@ -172,6 +174,8 @@ def _select_modalities(case: CaseFiles, modalities: list[str]) -> CaseFiles:
 
 
 def _preprocess_all(cases: list[CaseFiles], settings: PreprocessConfig, modalities: list[str], progress: bool):
+    """Every patient stored or quarantined with its reason: whatever one patient's files raise
+    (``preprocess_case`` turns the unforeseen into rejections too) never costs the others."""
     done, quarantined = [], []
     if progress:
         from tqdm import tqdm
@@ -181,6 +185,9 @@ def _preprocess_all(cases: list[CaseFiles], settings: PreprocessConfig, modaliti
             done.append(preprocess_case(_select_modalities(case, modalities), settings))
         except CaseRejected as rejected:
             quarantined.append({"patient_id": rejected.patient_id, "reason": rejected.reason})
+        except Exception as err:
+            log.warning("patient %s: unexpected error", case.patient_id, exc_info=True)
+            quarantined.append({"patient_id": case.patient_id, "reason": unexpected_reason(err)})
     return done, quarantined
 
 

@@ -44,9 +44,10 @@ def run_cohort(config: JobConfig) -> CohortSummary:
     data = config.data
     if data.layout == "ucsf_pdgm":
         ensure_phantom_cohort(config)
-        cohort = ingest.discover_ucsf_pdgm(data.root, data.metadata_csv, data.modalities, data.use_bias_corrected)
+        cohort = ingest.discover_ucsf_pdgm(data.root, data.metadata_csv, data.modalities, data.use_bias_corrected,
+                                           config.preprocess.max_voxels)
     else:
-        cohort = ingest.discover_csv(data.cases_csv, data.modalities)
+        cohort = ingest.discover_csv(data.cases_csv, data.modalities, config.preprocess.max_voxels)
     work = WorkDir(config.work_dir)
     ingest.write_manifest(cohort.cases, work.manifest, data.modalities)
     ingest.write_quarantine(cohort.quarantined, work.quarantine)

@@ -145,6 +145,22 @@ def test_nan_repaired_and_reported_or_quarantined(tmp_path):
     assert "FLAIR" in caught.value.reason
 
 
+def test_nan_repair_ignores_nan_background_and_stops_at_its_limit(tmp_path):
+    case = write_case(tmp_path, with_brain=False)  # the brain comes from the images
+    flair = nib.load(case.images["FLAIR"]).get_fdata().astype(np.float32)
+    background = np.where(flair == 0, np.nan, flair)
+    _rewrite(case.images["FLAIR"], background)
+    repaired = preprocess_case(case, SETTINGS)
+    assert "repaired" in repaired.warnings[0] and np.isfinite(repaired.image.astype(np.float32)).all()
+    inside = np.flatnonzero(flair)
+    damaged = background.copy()
+    damaged.reshape(-1)[inside[: len(inside) // 20]] = np.nan  # 5 % of the brain
+    _rewrite(case.images["FLAIR"], damaged)
+    with pytest.raises(CaseRejected, match=r"5\.0% of the brain, more than preprocess.nan_repair_limit"):
+        preprocess_case(case, SETTINGS)
+    assert preprocess_case(case, SETTINGS.model_copy(update={"nan_repair_limit": 0.06})).warnings
+
+
 TUMOR_ROI = PreprocessConfig(size=24, roi="tumor", roi_margin=0.25)
 
 

@@ -103,7 +103,7 @@ def test_remote_out_of_memory_traceback_text_gets_the_hint(tmp_path) -> None:
     assert "error: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB" in message
 
 
-def test_failed_preprocessing_names_the_patient(tmp_path, monkeypatch) -> None:
+def test_one_patients_unexpected_error_quarantines_that_patient_only(tmp_path, monkeypatch) -> None:
     from idhhpc.data import shards
     from idhhpc.stages.cohort import run_cohort
     from idhhpc.stages.preprocess import shard_plan
@@ -111,7 +111,8 @@ def test_failed_preprocessing_names_the_patient(tmp_path, monkeypatch) -> None:
     config = tiny_config(tmp_path / "work", tmp_path / "cohort", "data.phantom.patients=8",
                          "data.phantom.shape=[24, 24, 16]", "data.min_patients=2")
     run_cohort(config)
-    victim = shard_plan(config)[0][2].patient_id
+    planned = [case.patient_id for case in shard_plan(config)[0]]
+    victim = planned[2]
     real = shards.preprocess_case
 
     def broken(case, settings):
@@ -120,11 +121,31 @@ def test_failed_preprocessing_names_the_patient(tmp_path, monkeypatch) -> None:
         return real(case, settings)
 
     monkeypatch.setattr(shards, "preprocess_case", broken)
-    with pytest.raises(MemoryError) as caught:
+    report = preprocess_shard(config, 0)
+    assert report.quarantined == [{"patient_id": victim, "reason": "unexpected MemoryError while preprocessing: "
+                                                                   "cannot allocate array"}]
+    assert report.n_written == len(planned) - 1
+
+
+def test_a_failed_shard_names_its_patients(tmp_path, monkeypatch) -> None:
+    from idhhpc.data import shards
+    from idhhpc.stages.cohort import run_cohort
+    from idhhpc.stages.preprocess import shard_plan
+
+    config = tiny_config(tmp_path / "work", tmp_path / "cohort", "data.phantom.patients=8",
+                         "data.phantom.shape=[24, 24, 16]", "data.min_patients=2")
+    run_cohort(config)
+    planned = [case.patient_id for case in shard_plan(config)[0]]
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shards, "write_shard", full_disk)
+    with pytest.raises(OSError) as caught:
         preprocess_shard(config, 0)
-    assert f"patient {victim}" in "\n".join(caught.value.__notes__)
+    assert f"one of its patients {', '.join(planned)}" in "\n".join(caught.value.__notes__)
     message = describe_failure("preprocess", "9_0", caught.value, config, None)
-    assert f"preprocess shard 0 failed on patient {victim}" in message
+    assert "preprocess shard 0 failed on one of its patients" in message
 
 
 def test_no_sbatch_suggests_the_local_executor(tmp_path) -> None:
