@@ -12,7 +12,8 @@ Grad-CAM overlays, CAM NIfTIs (model space and the patient's native grid), CAM-i
 statistics when a tumor mask is present, and ``prediction.json`` to ``--out``
 (default ``./idhhpc-predict/<patient_id>/``). Inputs that fail validation exit with code 2
 and write nothing. The outputs appear all at once: they are written to a hidden sibling
-folder that is renamed into place.
+folder that is renamed into place, replacing ``--out`` only when that deletes nothing
+``predict`` did not write (:mod:`idhhpc.output_folder`; ``--force`` replaces any other folder).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any, Iterator
 import torch
 
 from idhhpc.atomic import atomic_write_json
-from idhhpc.constants import CLASS_NAMES
+from idhhpc.constants import CLASS_NAMES, PREDICTION_FILE
 from idhhpc.data.cases import CaseFiles, CaseRejected, PreprocessedCase
 from idhhpc.data.cohort import case_from_folder
 from idhhpc.data.geometry import output_affine, to_native
@@ -38,10 +39,10 @@ from idhhpc.data.preprocess import preprocess_case
 from idhhpc.devices import resolve_device
 from idhhpc.explain.explainer import explain_cases
 from idhhpc.ids import UnsafePatientId, validate_patient_id
-from idhhpc.predictor import ModelFileError, Predictor
+from idhhpc.output_folder import OutputRefused, replace_folder, replaceable_output
+from idhhpc.predictor import ModelFileError, Predictor, predicted_class
 
 EXIT_INVALID_INPUT = 2
-PREDICTION_FILE = "prediction.json"
 
 
 class InvalidInput(ValueError):
@@ -49,20 +50,21 @@ class InvalidInput(ValueError):
 
 
 def predict(checkpoint: Path, patient_dir: Path, out: Path | None = None, device: str = "auto",
-            tumor_mask: Path | None = None, model_uri: str | None = None) -> dict[str, Any]:
+            tumor_mask: Path | None = None, model_uri: str | None = None, force: bool = False) -> dict[str, Any]:
     """Validate, preprocess, predict and explain one patient; raises :class:`InvalidInput` before
     writing anything when the checkpoint, the device or the patient's files cannot be used.
 
     ``tumor_mask`` replaces the folder's ``*_tumor_segmentation.nii.gz``; a model trained on the
     tumour region (``preprocess.roi: tumor``) needs one of the two. ``model_uri`` names where
-    ``checkpoint`` came from (a registered model) in the outputs.
+    ``checkpoint`` came from (a registered model) in the outputs. ``force`` replaces an ``out``
+    that holds what no prediction wrote.
     """
+    out = _output_folder(out, Path(patient_dir), Path(checkpoint), tumor_mask, force)
     predictor = _load(Path(checkpoint), _device(device))
     case_files = find_patient_files(Path(patient_dir), predictor, tumor_mask)
     case = preprocess_patient(case_files, predictor)
     prob = predictor.predict_image(case.image)
-    predicted = int(prob >= predictor.threshold)
-    out = Path(out) if out is not None else Path("idhhpc-predict") / case.patient_id
+    predicted = predicted_class(prob, predictor.threshold)
     result = {"patient_id": case.patient_id, "prob_mutant": prob, "predicted": predicted,
               "predicted_class": f"IDH-{CLASS_NAMES[predicted]}", "threshold": predictor.threshold,
               "threshold_method": predictor.threshold_method, "model_run": predictor.run,
@@ -73,6 +75,16 @@ def predict(checkpoint: Path, patient_dir: Path, out: Path | None = None, device
               "warnings": case.warnings, "out": str(out.resolve())}
     result["explanation"] = _explain_into(out, predictor, case, result)
     return result
+
+
+def _output_folder(out: Path | None, patient_dir: Path, checkpoint: Path, tumor_mask: Path | None,
+                   force: bool) -> Path:
+    out = Path(out) if out is not None else Path("idhhpc-predict") / patient_id_of(patient_dir)
+    inputs = [patient_dir, checkpoint, *([tumor_mask] if tumor_mask is not None else [])]
+    try:
+        return replaceable_output(out, inputs, force)
+    except OutputRefused as err:
+        raise InvalidInput(str(err)) from None
 
 
 def _device(name: str) -> torch.device:
@@ -182,7 +194,7 @@ def _explain_into(out: Path, predictor: Predictor, case: PreprocessedCase, resul
         built = staging / case.patient_id
         explanation = _relative_files(written["cases"][0], built, case.tumor is not None)
         atomic_write_json(built / PREDICTION_FILE, result | {"explanation": explanation})
-        _move_into_place(built, out)
+        replace_folder(built, out)
         return explanation
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -198,17 +210,6 @@ def _relative_files(record: dict[str, Any], case_dir: Path, has_tumor: bool) -> 
             entry["statistics"] = finite_or_none(cam["statistics"])
         cams.append(entry)
     return {"cams": cams}
-
-
-def _move_into_place(built: Path, out: Path) -> None:
-    """Replace ``out`` by ``built`` (an earlier prediction there is swapped out, then removed)."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        out.rename(old / out.name)
-    built.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def headline(result: dict[str, Any]) -> str:
@@ -240,6 +241,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tracking-uri", help="MLflow registry of --model (default: $MLFLOW_TRACKING_URI)")
     parser.add_argument("--patient", required=True, type=Path, help="folder with the patient's FLAIR, T1, T1c, T2")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default ./idhhpc-predict/<patient_id>/)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace --out even if it holds files that are not an earlier prediction")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--tumor-mask", type=Path, default=None,
                         help="tumour segmentation (NIfTI, labels 0/1/2/4) if not in the folder; "
@@ -252,9 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.model:
             with registered_export(args.model, args.tracking_uri) as export:
-                result = predict(export, args.patient, args.out, args.device, args.tumor_mask, model_uri=args.model)
+                result = predict(export, args.patient, args.out, args.device, args.tumor_mask, model_uri=args.model,
+                                 force=args.force)
         else:
-            result = predict(args.checkpoint, args.patient, args.out, args.device, args.tumor_mask)
+            result = predict(args.checkpoint, args.patient, args.out, args.device, args.tumor_mask, force=args.force)
     except InvalidInput as err:
         print(f"refused: {err}", file=sys.stderr)
         return EXIT_INVALID_INPUT

@@ -30,6 +30,26 @@ class ModelFileError(ValueError):
     """A file that is not a readable idhhpc model export; the message names the file."""
 
 
+class NonFiniteProbability(ValueError):
+    """A NaN or infinite probability: it has no class (``NaN >= threshold`` would say wildtype)."""
+
+
+def predicted_labels(probs: Any, threshold: float) -> np.ndarray:
+    """MUTANT (1) where ``probs >= threshold``, WILDTYPE (0) below; raises on any non-finite
+    probability, so no label is ever attached to one (the one rule ``predict``, the served model,
+    evaluation and Grad-CAM apply)."""
+    values = np.asarray(probs, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise NonFiniteProbability(f"{int(np.size(values) - np.isfinite(values).sum())} of {np.size(values)} "
+                                   "probabilities are NaN or infinite: no class can be given")
+    return (values >= threshold).astype(np.int64)
+
+
+def predicted_class(prob: float, threshold: float) -> int:
+    """:func:`predicted_labels` of one probability."""
+    return int(predicted_labels([prob], threshold)[0])
+
+
 def prob_mutant(logits: torch.Tensor) -> torch.Tensor:
     """P(mutant) per row of ``logits``: softmax over two classes (sigmoid of a single logit)."""
     logits = logits.float()

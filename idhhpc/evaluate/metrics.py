@@ -22,6 +22,7 @@ from sklearn.metrics import (
 
 from idhhpc.constants import CLASS_NAMES
 from idhhpc.evaluate.inputs import as_binary_arrays, has_both_classes
+from idhhpc.predictor import predicted_labels as predict_labels  # no class for a non-finite probability
 
 COUNT_KEYS = ("tn", "fp", "fn", "tp")
 METRIC_KEYS = (
@@ -32,10 +33,6 @@ METRIC_KEYS = (
 )  # fmt: skip
 """Every key of ``compute_metrics``, in the order reports list them."""
 AVERAGES = ("macro", "weighted")
-
-
-def predict_labels(prob: np.ndarray, threshold: float) -> np.ndarray:
-    return (prob >= threshold).astype(np.int64)
 
 
 def compute_metrics(y_true: ArrayLike, prob: ArrayLike, threshold: float) -> dict[str, float]:

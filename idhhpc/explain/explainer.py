@@ -31,6 +31,7 @@ from idhhpc.explain.native import save_cam_nifti
 from idhhpc.explain.overlay import case_title, save_overlay
 from idhhpc.explain.stats import cam_statistics, summarise_cam_statistics
 from idhhpc.ids import validate_patient_id
+from idhhpc.predictor import predicted_class
 
 FLAIR_CHANNEL = 0
 CaseToNative = Callable[[np.ndarray, Mapping], nib.Nifti1Image]
@@ -94,7 +95,7 @@ def _cams_for_case(model: nn.Module, image: torch.Tensor, given_prob: float | No
     """The mutant-class CAM, plus the wildtype one when that is the (thresholded) prediction."""
     mutant = compute_cam(model, image, target_layer, MUTANT, method)
     prob = mutant.prob_mutant if given_prob is None else float(given_prob)
-    predicted = int(prob >= threshold)
+    predicted = predicted_class(prob, threshold)
     if predicted == MUTANT:
         return prob, predicted, [mutant]
     return prob, predicted, [mutant, compute_cam(model, image, target_layer, 1 - MUTANT, method)]

@@ -21,6 +21,7 @@ from scipy import ndimage
 
 from idhhpc.atomic import atomic_path
 from idhhpc.constants import CLASS_NAMES
+from idhhpc.predictor import predicted_class
 
 CAM_CMAP = "jet"
 CAM_ALPHA = 0.45
@@ -111,6 +112,6 @@ def case_title(patient_id: str, label: int | None, prob_mutant: float, threshold
                explained_class: int, method: str) -> str:
     """Overlay title: who, what the truth is, what the model said and which class is explained."""
     truth = "unknown" if label is None else CLASS_NAMES[int(label)]
-    predicted = CLASS_NAMES[int(prob_mutant >= threshold)]
+    predicted = CLASS_NAMES[predicted_class(prob_mutant, threshold)]
     return (f"{patient_id} | true {truth} | P(mutant)={prob_mutant:.3f} (threshold {threshold:.2f}) "
             f"→ {predicted} | {method} for {CLASS_NAMES[explained_class]}")
