@@ -96,6 +96,11 @@ class PreprocessConfig(Section):
     """With roi tumor: share of the tumour box's longest side added on each side."""
     roi_min_side: int = Field(0, ge=0)
     """With roi tumor: smallest cube side in native voxels (small tumours get some context)."""
+    locator: bool = False
+    """With roi tumor: also store each patient's whole-brain cube (at ``size``) and its tumour mask,
+    on which the multi-task model's tumour locator trains (``idhhpc/model/locator.py``), so that a
+    patient without a segmentation can be cropped and classified (``predict``, mask-free test
+    figures)."""
     coordinates: bool = False
     """Append three channels holding each voxel's position in the patient's brain box (-1 to 1
     along R, A, S): with roi tumor they tell the network where in the brain the tumour lies
@@ -151,6 +156,11 @@ class ModelConfig(Section):
     """``auto`` (resolved when the config loads): ``group`` for random initial weights with every
     stage training and BatchNorm not frozen, else ``batch``; the built-in job uses it, so that
     ``--set model.pretrained=imagenet`` on it gets BatchNorm for the ImageNet statistics."""
+    head: Literal["classify", "segment+classify"] = "classify"
+    """``segment+classify``: a segmentation decoder on the same encoder learns the tumour
+    compartments (Dice + cross-entropy, weight ``train.segment_weight``) beside the IDH head; the
+    masks are a training signal only, and such a model finds the tumour itself in ``predict``
+    (``idhhpc/model/decoder.py``, ``idhhpc/model/locator.py``)."""
     tta: Literal["none", "flips"] = "none"
     """``flips``: wherever the network scores volumes (validation, evaluate, predict, the MLflow
     model) its logits are averaged over the volume and its flips along each axis (4 passes);
@@ -243,6 +253,17 @@ class TrainConfig(Section):
     0: off. Pair it with ``model.norm: group`` when training from random weights (BatchNorm
     statistics averaged with fast-moving weights do not fit the average). Tuning's lockstep folds
     train without it."""
+    segment_weight: float = Field(1.0, ge=0)
+    """With ``model.head: segment+classify``: weight of the segmentation loss (MONAI's DiceCELoss
+    over background, necrosis, edema and enhancement) added to the IDH loss."""
+    takeoff_epoch: int = Field(0, ge=0)
+    """The take-off rule (``idhhpc/train/takeoff.py``): after this many epochs (0: off) a run whose
+    training IDH loss has not fallen below ``takeoff_ratio`` x its first epoch's is restarted from
+    other initial weights and another sample order, up to ``takeoff_restarts`` times; if none takes
+    off, the attempt with the best validation AUC is kept. Decided on the run's own training
+    patients (the selection among failures on its own validation patients), never on others."""
+    takeoff_ratio: float = Field(0.9, gt=0, le=1)
+    takeoff_restarts: int = Field(2, ge=0)
     checkpoint_every_steps: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     memory_budget_gb: float | None = Field(None, gt=0)

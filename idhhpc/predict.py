@@ -28,15 +28,18 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+import nibabel as nib
+import numpy as np
 import torch
 
 from idhhpc.atomic import atomic_write_json
-from idhhpc.constants import CLASS_NAMES, PREDICTION_FILE
+from idhhpc.constants import CLASS_NAMES, PREDICTION_FILE, SEGMENTATION_FILE, TUMOR_SUBREGIONS
 from idhhpc.data.cases import CaseFiles, CaseRejected, PreprocessedCase
 from idhhpc.data.cohort import case_from_folder
 from idhhpc.data.geometry import output_affine, to_native
 from idhhpc.data.preprocess import preprocess_case
 from idhhpc.devices import resolve_device
+from idhhpc.evaluate.segmentation import compartment_dice
 from idhhpc.explain.explainer import explain_cases
 from idhhpc.ids import UnsafePatientId, validate_patient_id
 from idhhpc.output_folder import OutputRefused, replace_folder, replaceable_output
@@ -63,7 +66,7 @@ def predict(checkpoint: Path, patient_dir: Path, out: Path | None = None, device
     predictor = _load(Path(checkpoint), _device(device))
     case_files = find_patient_files(Path(patient_dir), predictor, tumor_mask)
     case = preprocess_patient(case_files, predictor)
-    prob = predictor.predict_image(case.image)
+    prob, segmentation = predictor.predict_with_segmentation(case.image, segment=predictor.segments)
     predicted = predicted_class(prob, predictor.threshold)
     result = {"patient_id": case.patient_id, "prob_mutant": prob, "predicted": predicted,
               "predicted_class": f"IDH-{CLASS_NAMES[predicted]}", "threshold": predictor.threshold,
@@ -72,8 +75,11 @@ def predict(checkpoint: Path, patient_dir: Path, out: Path | None = None, device
               "patient_dir": str(Path(patient_dir).resolve()), "device": str(predictor.device),
               "inputs": {m: str(p) for m, p in case_files.images.items()},
               "tumor_mask": str(case_files.tumor_mask) if case_files.tumor_mask else None,
+              "crop": "located" if case.located is not None else "tumor mask" if case_files.tumor_mask else "brain",
               "warnings": case.warnings, "out": str(out.resolve())}
-    result["explanation"] = _explain_into(out, predictor, case, result)
+    if segmentation is not None:
+        result["segmentation"] = segmentation_summary(segmentation, case)
+    result["explanation"] = _explain_into(out, predictor, case, result, segmentation)
     return result
 
 
@@ -159,7 +165,7 @@ def find_patient_files(folder: Path, predictor: Predictor, tumor_mask: Path | No
                                      tumor_mask=tumor_mask)
     if case is None:
         raise InvalidInput(problem)
-    if config.preprocess.roi == "tumor" and case.tumor_mask is None:
+    if config.preprocess.roi == "tumor" and case.tumor_mask is None and predictor.locator is None:
         raise InvalidInput(f"{folder}: this model looks at the tumour region (preprocess.roi: tumor) and needs the "
                            "patient's tumour segmentation: put *_tumor_segmentation.nii.gz in the folder or pass "
                            "--tumor-mask FILE")
@@ -168,9 +174,19 @@ def find_patient_files(folder: Path, predictor: Predictor, tumor_mask: Path | No
 
 def preprocess_patient(case: CaseFiles, predictor: Predictor) -> PreprocessedCase:
     try:
-        return preprocess_case(case, predictor.config.preprocess)
+        locate = predictor.locator if case.tumor_mask is None else None
+        return preprocess_case(case, predictor.config.preprocess, locate=locate)
     except CaseRejected as err:
         raise InvalidInput(f"rejected by preprocessing: {err.reason}") from None
+
+
+def segmentation_summary(segmentation: np.ndarray, case: PreprocessedCase) -> dict[str, Any]:
+    """The predicted compartments' volumes (in model voxels) and, with a reference mask, their Dice."""
+    summary: dict[str, Any] = {"file": SEGMENTATION_FILE,
+                               "voxels": {name: int((segmentation == label).sum()) for name, label in TUMOR_SUBREGIONS.items()}}
+    if case.tumor is not None:
+        summary["dice"] = finite_or_none(compartment_dice(segmentation, case.tumor))
+    return summary
 
 
 def finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
@@ -178,7 +194,8 @@ def finite_or_none(values: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in values.items()}
 
 
-def _explain_into(out: Path, predictor: Predictor, case: PreprocessedCase, result: dict[str, Any]) -> dict[str, Any]:
+def _explain_into(out: Path, predictor: Predictor, case: PreprocessedCase, result: dict[str, Any],
+                  segmentation: np.ndarray | None = None) -> dict[str, Any]:
     """Run the explain stage's per-case code in a staging folder, add ``prediction.json``, rename
     the patient's part onto ``out``; the staging folder's gallery (one case) is dropped."""
     config = predictor.config
@@ -192,6 +209,8 @@ def _explain_into(out: Path, predictor: Predictor, case: PreprocessedCase, resul
                                 methods=tuple(config.explain.methods),
                                 to_native=lambda cam, c: to_native(cam, c["geometry"]))
         built = staging / case.patient_id
+        if segmentation is not None:
+            nib.save(to_native(segmentation, case.geometry, order=0), built / SEGMENTATION_FILE)
         explanation = _relative_files(written["cases"][0], built, case.tumor is not None)
         atomic_write_json(built / PREDICTION_FILE, result | {"explanation": explanation})
         replace_folder(built, out)

@@ -18,8 +18,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from idhhpc.config import JobConfig
-from idhhpc.constants import MUTANT
+from idhhpc.constants import MUTANT, TUMOR_LABELS
 from idhhpc.devices import autocast_context, resolve_device
+from idhhpc.model.locator import Locator
 from idhhpc.model.network import build_network
 
 EXPORT_FORMAT = "idhhpc-model"
@@ -66,13 +67,32 @@ def iter_logits(model: nn.Module, batches: Iterable[dict[str, Any]], device: tor
     A network with ``score_flips`` (``model.tta: flips``) is scored as the mean of its logits over
     the volume and its flips along each spatial axis; a tail reading cached features never is.
     """
+    for logits, _, batch in iter_outputs(model, batches, device, amp_dtype, memory_format):
+        yield logits, batch
+
+
+def iter_outputs(model: nn.Module, batches: Iterable[dict[str, Any]], device: torch.device,
+                 amp_dtype: torch.dtype | None = None,
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 segment: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor | None, dict]]:
+    """``(logits, compartment probabilities or None, batch)``: :func:`iter_logits` plus, with
+    ``segment`` and a multi-task network, the softmax of its segmentation (B, 4, *spatial),
+    averaged over the same flips (each flipped back first)."""
     flips = getattr(model, "score_flips", False) and not getattr(model, "feature_input", False)
+    segment = segment and getattr(model, "segments", False)
+    axes = (None, 2, 3, 4) if flips else (None,)
     for batch in batches:
         images = batch["image"].to(device, memory_format=memory_format)
-        views = [images, *(images.flip(axis) for axis in (2, 3, 4))] if flips else [images]
-        with autocast_context(device, amp_dtype):
-            logits = torch.stack([model(view).float() for view in views]).mean(0)
-        yield logits, batch
+        logits, masks = [], []
+        for axis in axes:
+            view = images if axis is None else images.flip(axis)
+            with autocast_context(device, amp_dtype):
+                out = model(view, segment=True) if segment else model(view)
+            logits.append((out[0] if segment else out).float())
+            if segment:
+                probs = torch.softmax(out[1].float(), dim=1)
+                masks.append(probs if axis is None else probs.flip(axis))
+        yield torch.stack(logits).mean(0), torch.stack(masks).mean(0) if segment else None, batch
 
 
 @dataclass
@@ -88,6 +108,8 @@ class Predictor:
     run: str
     temperature: float = 1.0
     """Temperature scaling fitted on validation; ``threshold`` applies to the calibrated probability."""
+    locator: Locator | None = None
+    """The multi-task model's tumour locator (:mod:`idhhpc.model.locator`): crops a patient without a mask."""
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> "Predictor":
@@ -96,8 +118,13 @@ class Predictor:
         config = JobConfig.model_validate_json(payload["config"])
         torch_device = resolve_device(device) if isinstance(device, str) else device
         model = trained_network(config, payload["model"]).to(torch_device).eval()
+        locator = Locator(payload["locator"], len(config.data.modalities), torch_device) if "locator" in payload else None
         return cls(model, torch_device, config, float(payload["threshold"]), str(payload["threshold_method"]),
-                   float(payload["val_auc"]), str(payload["run"]), float(payload.get("temperature", 1.0)))
+                   float(payload["val_auc"]), str(payload["run"]), float(payload.get("temperature", 1.0)), locator)
+
+    @property
+    def segments(self) -> bool:
+        return bool(getattr(self.model, "segments", False))
 
     @torch.no_grad()
     def predict_proba(self, dataset: Dataset, batch_size: int | None = None) -> np.ndarray:
@@ -109,10 +136,15 @@ class Predictor:
 
     def predict_image(self, image: np.ndarray) -> float:
         """P(mutant) of one preprocessed (C, S, S, S) volume, as stored in shards (float16 → float32)."""
+        return self.predict_with_segmentation(image, segment=False)[0]
+
+    def predict_with_segmentation(self, image: np.ndarray, segment: bool = True) -> tuple[float, np.ndarray | None]:
+        """P(mutant) and, from a multi-task network, the tumour label map (0, 1, 2, 4) of the cube."""
         batch = {"image": torch.from_numpy(np.asarray(image).astype(np.float32))[None]}
         with torch.no_grad():
-            logits, _ = next(iter_logits(self.model, [batch], self.device))
-        return float(prob_mutant(logits / self.temperature)[0].cpu())
+            logits, masks, _ = next(iter_outputs(self.model, [batch], self.device, segment=segment))
+        labels = None if masks is None else np.asarray(TUMOR_LABELS, np.uint8)[masks.argmax(1)[0].cpu().numpy()]
+        return float(prob_mutant(logits / self.temperature)[0].cpu()), labels
 
 
 def trained_network(config: JobConfig, weights: dict[str, torch.Tensor]) -> nn.Module:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from monai.data import MetaTensor
+from monai.transforms import Randomizable
 from monai.transforms import (
     Compose,
     RandAdjustContrast,
@@ -22,6 +23,8 @@ from monai.transforms import (
     RandGaussianNoise,
     RandScaleIntensity,
     RandShiftIntensity,
+    RandAffined,
+    RandFlipd,
 )
 from torch.utils.data import Dataset
 
@@ -56,6 +59,42 @@ def _affine_and_intensity() -> list:
     ]
 
 
+def make_paired_transform(seed: int = 0, kind: str = "full") -> Compose:
+    """The same augmentation on ``{"image", "tumor"}``: the geometry moves both (the mask by nearest
+    neighbour), the intensity changes touch the image only, so the multi-task network's
+    segmentation target stays aligned with what it sees."""
+    if kind not in ("flips", "full"):
+        raise ValueError(f"augmentation kind must be 'flips' or 'full', got {kind!r}")
+    keys = ("image", "tumor")
+    steps = [RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)]
+    if kind == "full":
+        rotate = math.radians(10.0)
+        intensity = _affine_and_intensity()[1:]
+        steps += [RandAffined(keys, prob=0.5, rotate_range=(rotate,) * 3, scale_range=(0.1,) * 3,
+                              mode=("bilinear", "nearest"), padding_mode="zeros"), _ImageOnly(Compose(intensity))]
+    transform = Compose(steps)
+    transform.set_random_state(seed=seed)
+    return transform
+
+
+class _ImageOnly(Randomizable):
+    """Applies a seeded array transform to ``data["image"]`` of a dict and leaves the mask alone."""
+
+    def __init__(self, transform: Compose) -> None:
+        self.transform = transform
+
+    def set_random_state(self, seed=None, state=None) -> "_ImageOnly":
+        super().set_random_state(seed=seed, state=state)
+        self.transform.set_random_state(seed=seed, state=state)
+        return self
+
+    def randomize(self, data: Any) -> None:  # the inner transforms draw for themselves
+        pass
+
+    def __call__(self, data: dict) -> dict:
+        return {**data, "image": self.transform(data["image"])}
+
+
 def item_seed(seed: int, epoch: int, index: int, draw: int = 0) -> int:
     """A 32-bit seed (numpy RandomState's limit) for one augmented item."""
     return int(np.random.SeedSequence([seed, AUGMENT_STREAM, epoch, index, draw]).generate_state(1)[0])
@@ -68,9 +107,12 @@ class AugmentedDataset(Dataset):
     oversampled item different augmentations within one epoch.
     """
 
-    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], Any] | None = None, seed: int = 0) -> None:
+    def __init__(self, base: Dataset, transform: Callable[[torch.Tensor], Any] | None = None, seed: int = 0,
+                 paired: Callable[[dict], dict] | None = None) -> None:
         self.base = base
         self.transform = transform if transform is not None else make_train_transform(seed)
+        self.paired = paired
+        """Used instead of ``transform`` for items that carry a ``tumor`` mask (multi-task training)."""
         self.seed = seed
         self.epoch = 0
 
@@ -87,7 +129,14 @@ class AugmentedDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, draw = key if isinstance(key, tuple) else (key, 0)
         item = dict(self.base[index])
-        self.transform.set_random_state(seed=item_seed(self.seed, self.epoch, index, draw))
+        seed = item_seed(self.seed, self.epoch, index, draw)
+        if self.paired is not None and "tumor" in item:
+            self.paired.set_random_state(seed=seed)
+            moved = self.paired({"image": item["image"], "tumor": item["tumor"][None]})
+            item["image"] = _plain_float_tensor(moved["image"])
+            item["tumor"] = torch.as_tensor(_plain_float_tensor(moved["tumor"])[0].round(), dtype=torch.uint8)
+            return item
+        self.transform.set_random_state(seed=seed)
         item["image"] = _plain_float_tensor(self.transform(item["image"]))
         return item
 

@@ -35,6 +35,13 @@ class PreprocessedCase:
     tumor: np.ndarray | None
     geometry: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    locator_image: np.ndarray | None = None
+    """With ``preprocess.locator``: the normalised whole-brain cube (C,S,S,S) float16 the locator sees."""
+    locator_tumor: np.ndarray | None = None
+    """... and its tumour mask (S,S,S) uint8, 1 inside any compartment."""
+    located: np.ndarray | None = None
+    """When the crop came from the locator (no tumour file): its mask in the cube (S,S,S) uint8;
+    ``tumor`` then holds the reference mask only if a file was given."""
 
 
 class CaseRejected(Exception):

@@ -82,6 +82,7 @@ class ShardDataset(Dataset):
         if self.with_masks:
             sample["brain"] = torch.from_numpy(h5["brain"][row])
             sample["tumor"] = torch.from_numpy(h5["tumor"][row])
+            sample["has_tumor"] = bool(h5["has_tumor"][row])
         return sample
 
     def __getstate__(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -281,17 +282,24 @@ def _brain_box(pid: str, canonical: list[np.ndarray], brain_file: _Volume | None
     return brain_full, start, tuple(slice(a, b) for a, b in zip(start, stop))
 
 
-def preprocess_case(case: CaseFiles, settings: PreprocessConfig, read_threads: int = 2) -> PreprocessedCase:
+Locate = Callable[[np.ndarray], np.ndarray]
+"""A tumour locator: normalised whole-brain cube (C,S,S,S) → tumour mask (S,S,S), nonzero inside."""
+
+
+def preprocess_case(case: CaseFiles, settings: PreprocessConfig, read_threads: int = 2,
+                    locate: Locate | None = None) -> PreprocessedCase:
     """Preprocess one patient or raise :class:`CaseRejected` with a one-line reason.
 
     ``read_threads`` files are decoded at once; 1 gives strictly sequential reading. With
     ``settings.roi == "tumor"`` the cube is the one around the tumour (see :func:`_tumor_cube`),
     normalised with the statistics of the whole brain so the tumour keeps its contrast to it.
+    ``locate`` (a trained locator) chooses that cube when the patient has no tumour file, from
+    the whole-brain cube: the mask-free path of ``predict``; a given file still chooses it.
     Any other error (a file that breaks a library, memory) is this patient's rejection too,
     logged with its traceback: one patient's files never take down the shard or the server.
     """
     try:
-        return _preprocess_case(case, settings, read_threads)
+        return _preprocess_case(case, settings, read_threads, locate)
     except CaseRejected:
         raise
     except Exception as err:
@@ -305,7 +313,8 @@ def unexpected_reason(err: BaseException) -> str:
     return f"unexpected {type(err).__name__} while preprocessing: {first}".rstrip(": ")
 
 
-def _preprocess_case(case: CaseFiles, settings: PreprocessConfig, read_threads: int) -> PreprocessedCase:
+def _preprocess_case(case: CaseFiles, settings: PreprocessConfig, read_threads: int,
+                     locate: Locate | None) -> PreprocessedCase:
     pid = case.patient_id
     if not case.images:
         raise CaseRejected(pid, "no image files given")
@@ -325,15 +334,43 @@ def _preprocess_case(case: CaseFiles, settings: PreprocessConfig, read_threads: 
     stats = _brain_statistics(pid, image, brain, settings, [v.path for v in images])
     tumor = _resample_nearest(tumor_full[box], pad_before, side, settings.size) if tumor_full is not None else None
     brain_box = (start, np.array([s.stop for s in box]))
+    whole, located = None, None
+    if settings.roi == "tumor" and (settings.locator or (tumor_full is None and locate is not None)):
+        whole = _normalize(image, brain, stats)
+    if settings.roi == "tumor" and tumor_full is None and locate is not None:
+        located = _uncube(np.asarray(locate(whole)) != 0, brain_full.shape, start, pad_before, side, settings.size)
+        if not located.any():
+            raise CaseRejected(pid, "the tumour locator found no tumour in this brain")
+    locator_tumor = (tumor != 0).astype(np.uint8) if settings.locator and tumor is not None else None
     if settings.roi == "tumor":
-        image, brain, tumor, start, pad_before, side = _tumor_cube(pid, canonical, brain_full, tumor_full, settings)
+        image, brain, tumor, start, pad_before, side = _tumor_cube(
+            pid, canonical, brain_full, tumor_full if located is None else located.astype(np.uint8), settings)
+        if located is not None:
+            located, tumor = tumor, None
     _, canonical_affine, ornt = _to_canonical(images[0].data, native_affine)
     geometry = make_geometry(start, pad_before, side, settings.size, native_affine, canonical_affine,
                              images[0].data.shape, ornt)
     normalized = _normalize(image, brain, stats)
     if settings.coordinates:
         normalized = np.concatenate([normalized, brain_coordinates(geometry, *brain_box)])
-    return PreprocessedCase(pid, case.label, normalized, brain, tumor, geometry, warnings)
+    return PreprocessedCase(pid, case.label, normalized, brain, tumor, geometry, warnings,
+                            locator_image=whole if settings.locator else None, locator_tumor=locator_tumor,
+                            located=located)
+
+
+def _uncube(mask: np.ndarray, shape: tuple[int, ...], start: np.ndarray, pad_before: np.ndarray, side: int,
+            size: int) -> np.ndarray:
+    """A size³ mask of the brain cube back on the full canonical grid (nearest neighbour), zero
+    outside the brain box: the inverse of crop, pad and resample for the locator's output."""
+    full = np.zeros(shape, dtype=bool)
+    index = []
+    for axis in range(3):
+        canonical = np.arange(shape[axis])
+        cube = np.floor((canonical - start[axis] + pad_before[axis] + 0.5) * size / side).astype(np.int64)
+        index.append(np.where((cube >= 0) & (cube < size), cube, -1))
+    inside = [np.flatnonzero(i >= 0) for i in index]
+    full[np.ix_(*inside)] = mask[np.ix_(*(index[a][inside[a]] for a in range(3)))]
+    return full
 
 
 def brain_coordinates(geometry: dict, brain_start: np.ndarray, brain_stop: np.ndarray) -> np.ndarray:

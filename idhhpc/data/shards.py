@@ -116,6 +116,11 @@ def write_shard(path: Path, cases: list[PreprocessedCase], settings_hash: str, m
         h5.create_dataset("labels", data=np.array([-1 if x.label is None else x.label for x in cases], np.int8))
         h5.create_dataset("patient_ids", data=[x.patient_id for x in cases], dtype=h5py.string_dtype())
         _write_geometry(h5, cases)
+        if cases and all(x.locator_image is not None for x in cases):
+            _create(h5, "locator_images", np.stack([x.locator_image for x in cases]).astype(np.float16, copy=False),
+                    (1, cases[0].locator_image.shape[0], *cube), options)
+            _create(h5, "locator_tumor", np.stack([x.locator_tumor if x.locator_tumor is not None
+                                                   else np.zeros(cube, np.uint8) for x in cases]), (1, *cube), options)
         h5.attrs.update({"modalities": list(modalities), "settings_hash": settings_hash,
                          "format_version": FORMAT_VERSION, "size": size, "compression": compression})
 

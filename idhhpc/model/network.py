@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from idhhpc.config import JobConfig
 from idhhpc.constants import MODALITIES
+from idhhpc.model.decoder import SegmentationDecoder, decoder_norm, level_channels, resolution_levels
 from idhhpc.model.inflate import load_pretrained_2d
 from idhhpc.model.initialisation import (
     Initialisation,
@@ -64,9 +65,13 @@ class IDHNet(nn.Module):
         activation_checkpointing: bool = False,
         channels_last: bool = False,
         freeze_batchnorm: bool = False,
+        decoder: SegmentationDecoder | None = None,
     ) -> None:
         super().__init__()
         self.net = net
+        self.decoder = decoder
+        """The segmentation decoder (``model.head: segment+classify``), or None for the classifier alone."""
+        self.levels = resolution_levels(net._blocks)
         self.freeze_batchnorm = freeze_batchnorm
         self.variant = variant_name(variant)
         self.activation_checkpointing = activation_checkpointing
@@ -159,10 +164,45 @@ class IDHNet(nn.Module):
         self.feature_input = enabled
         return self
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor, segment: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """IDH logits (B, 2); with ``segment=True`` also the compartment logits (B, 4, *spatial).
+
+        The plain call is what Grad-CAM, the predictor and the classifier-only jobs run; the
+        multi-task training step and segmentation scoring pass ``segment=True`` (through a DDP
+        wrapper too, which forwards keyword arguments).
+        """
+        if segment:
+            return self._forward_with_segmentation(inputs)
         if self.feature_input:
             return self.tail(self._prepare_input(inputs))
         return self.tail(self.prefix(inputs))
+
+    @property
+    def segments(self) -> bool:
+        return self.decoder is not None
+
+    def _forward_with_segmentation(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One pass through the encoder that keeps a skip tap per resolution for the decoder.
+
+        Frozen stages run as in :meth:`prefix` (no graph unless explaining); the decoder always trains.
+        """
+        if self.decoder is None:
+            raise ValueError("this network has no segmentation decoder (model.head: classify)")
+        if self.feature_input:
+            raise ValueError("segmentation needs volumes, not cached prefix features")
+        x = self._prepare_input(inputs)
+        size, taps = tuple(x.shape[2:]), []
+        with self._frozen_context() if self.stem_frozen else contextlib.nullcontext():
+            x = self._stem(x)
+        for index, stage in enumerate(self.net._blocks):
+            if index < self.num_frozen_stages:
+                with self._frozen_context():
+                    x = stage(x)
+            else:
+                x = self._run_trainable_stage(stage, x)
+            if index in self.levels:
+                taps.append(x)
+        return self._head(x), self.decoder(taps, size)
 
     def _prepare_input(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -207,6 +247,7 @@ def build_model(
     bn_momentum: float = 0.1,
     freeze_batchnorm: bool = False,
     norm: str = "batch",
+    segment: bool = False,
 ) -> IDHNet:
     """Build the 3D classifier; ``pretrained_2d`` names a local 2D MONAI state dict to inflate.
 
@@ -217,6 +258,7 @@ def build_model(
     trainable stages' statistics, and validation then sees stale ones. The new classifier starts
     near zero (std 0.01), so the first logits are about 0 (loss log 2) instead of MONAI's ±10.
     ``norm="group"`` builds GroupNorm with 8 groups (every EfficientNet width is a multiple of 8).
+    ``segment=True`` adds the segmentation decoder (:mod:`idhhpc.model.decoder`) on the same encoder.
     """
     name = variant_name(variant)
     if trainable_stages is None:
@@ -228,7 +270,11 @@ def build_model(
     net._dropout = nn.Dropout(dropout)
     nn.init.normal_(net._fc.weight, std=0.01)
     nn.init.zeros_(net._fc.bias)
-    model = IDHNet(net, name, trainable_stages, activation_checkpointing, channels_last, freeze_batchnorm)
+    decoder = None
+    if segment:
+        levels = resolution_levels(net._blocks)
+        decoder = SegmentationDecoder(level_channels(net._blocks, levels), decoder_norm(norm))
+    model = IDHNet(net, name, trainable_stages, activation_checkpointing, channels_last, freeze_batchnorm, decoder)
     if pretrained_2d is not None:
         load_pretrained_2d(model, pretrained_2d)
     return model
@@ -249,7 +295,8 @@ def build_network(config: JobConfig, load_pretrained: bool = True) -> IDHNet:
         model = build_model(m.variant, len(config.data.modalities) + config.preprocess.extra_channels, dropout=m.dropout,
                             trainable_stages=init.trainable_stages, activation_checkpointing=m.activation_checkpointing,
                             channels_last=m.channels_last, pretrained_2d=init.source if load_pretrained else None,
-                            bn_momentum=m.bn_momentum, freeze_batchnorm=init.freeze_batchnorm, norm=m.norm)
+                            bn_momentum=m.bn_momentum, freeze_batchnorm=init.freeze_batchnorm, norm=m.norm,
+                            segment=m.head == "segment+classify")
     model.initialisation = init
     model.score_flips = m.tta == "flips"
     if load_pretrained:

@@ -30,6 +30,8 @@ class TrainProgress:
     last_step_lr: float = 0.0
     loss_sum: float = 0.0
     loss_count: int = 0
+    segment_loss_sum: float = 0.0
+    segment_loss_count: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     best_metric: float | None = None
     best_epoch: int = -1

@@ -23,6 +23,7 @@ from idhhpc.evaluate.calibration import (
 )
 from idhhpc.evaluate.thresholds import choose_threshold
 from idhhpc.model.initialisation import describe_initialisation
+from idhhpc.train.locator import read_locator_views, train_locator
 from idhhpc.model.memory import fit_to_memory_budget
 from idhhpc.predictor import EXPORT_FORMAT
 from idhhpc.tracking.identity import training_identity
@@ -32,6 +33,7 @@ from idhhpc.train import distributed
 from idhhpc.train.checkpoint import load_checkpoint
 from idhhpc.train.prefix_cache import cache_sections, training_inputs
 from idhhpc.train.stopping import StopRequest
+from idhhpc.train.takeoff import NoTakeOff, TakeoffRule, attempt_seed, read_attempts, record_failure
 from idhhpc.train.trainer import TrainResult, train
 from idhhpc.tuned import apply_tuned
 from idhhpc.workdir import WorkDir
@@ -73,25 +75,59 @@ def train_and_track(config: JobConfig, run_name: str, train_ids: list[str], val_
     """
     work = WorkDir(config.work_dir)
     run_dir = work.checkpoints(run_name)
-    config_hash = run_identity(config, train_ids, val_ids)  # before the memory plan: config, data and patients
-    network, train_ds, val_ds = training_inputs(config, train_ids, val_ids)  # from the feature cache if usable
     log.info("%s: %s", run_name, describe_initialisation(config))
     if config.train.ema_decay and config.model.norm == "batch" and config.model.pretrained == "none":
         log.warning("%s: train.ema_decay with BatchNorm from random weights: the averaged running statistics do "
                     "not fit the averaged weights (measured: constant predictions); set model.norm=group", run_name)
+    failed = read_attempts(run_dir)
+    while True:
+        attempt = len(failed)
+        rule = TakeoffRule.of(config.train) if attempt < config.train.takeoff_restarts else None
+        outcome = _train_attempt(config, run_name, train_ids, val_ids, stop, attempt, rule, failed)
+        if not isinstance(outcome, NoTakeOff):
+            return outcome
+        failed = failed + [{"attempt": attempt, "seed": attempt_seed(config.seed, attempt),
+                            "epoch": outcome.epoch, "loss_ratio": outcome.ratio}]
+        log.warning("%s: attempt %d did not take off (%s); restarting from seed %d", run_name, attempt,
+                    outcome, attempt_seed(config.seed, attempt + 1))
+        if distributed.current().is_main:
+            record_failure(run_dir, failed)
+        distributed.current().barrier()
+
+
+def _train_attempt(config: JobConfig, run_name: str, train_ids: list[str], val_ids: list[str],
+                   stop: StopRequest | None, attempt: int, rule: TakeoffRule | None,
+                   failed: list[dict[str, Any]]) -> dict[str, Any] | NoTakeOff:
+    """One attempt of a run (attempt 0 is the job's seed; see :mod:`idhhpc.train.takeoff`)."""
+    work = WorkDir(config.work_dir)
+    run_dir = work.checkpoints(run_name)
+    config_hash = run_identity(config, train_ids, val_ids)  # before the memory plan: config, data and patients
+    if attempt:
+        config = config.model_copy(update={"seed": attempt_seed(config.seed, attempt)})
+        config_hash = fingerprint([config_hash, attempt])
+    network, train_ds, val_ds = training_inputs(config, train_ids, val_ids)  # from the feature cache if usable
     config = fit_to_memory_budget(config, network, train_ds)
     restart = _made_by_other_config(work.last_checkpoint(run_name), config_hash)
-    common = dict(config_hash=config_hash, stop=stop, restart=restart, seed=config.seed)
+    common = dict(config_hash=config_hash, stop=stop, restart=restart, seed=config.seed, takeoff=rule)
     if not distributed.current().is_main:
-        train(network, train_ds, val_ds, config.train, run_dir, **common)
+        try:
+            train(network, train_ds, val_ds, config.train, run_dir, **common)
+        except NoTakeOff as no_takeoff:
+            return no_takeoff
         return {}
     identity, patients = training_identity(run_name), {"train": train_ids, "val": val_ids}
     with stage_run(config, run_name, **identity, patients=patients) as run:
-        result = train(network, train_ds, val_ds, config.train, run_dir,
-                       on_epoch_end=epoch_logger(run, config, identity["role"]), **common)
+        try:
+            result = train(network, train_ds, val_ds, config.train, run_dir,
+                           on_epoch_end=epoch_logger(run, config, identity["role"]), **common)
+        except NoTakeOff as no_takeoff:  # a finished decision, not a failure: the next attempt follows
+            run.set_tags({"idhhpc.takeoff": f"attempt {attempt} abandoned: {no_takeoff}"})
+            return no_takeoff
         selection = _selection(config, run_name, result)
+        selection["takeoff"] = {"attempts": attempt + 1, "failed": failed, "seed": config.seed}
+        locator = _trained_locator(config, identity["role"], train_ids)
         atomic_write_json(work.selection(run_name), selection)
-        export_model(config, result, selection, work.exported_model(run_name))
+        export_model(config, result, selection, work.exported_model(run_name), locator)
         run.log_metrics({"val/best_auc": selection["val_auc"], "val/threshold": selection["threshold"],
                          "val/temperature": selection["temperature"], "best_epoch": selection["best_epoch"]})
         run.log_artifact(work.selection(run_name))
@@ -133,7 +169,18 @@ def _temperature(config: JobConfig, labels: list[int], probs: list[float]) -> fl
     return fit_temperature(labels, probs)
 
 
-def export_model(config: JobConfig, result: TrainResult, selection: dict[str, Any], path: Path) -> Path:
+def _trained_locator(config: JobConfig, role: str, train_ids: list[str]) -> dict[str, torch.Tensor] | None:
+    """The final fit of a multi-task job also trains the tumour locator on its patients' whole-brain
+    cubes (seconds), so the exported model needs no mask; the fold models are scored on expert crops."""
+    if role != "fit" or config.model.head != "segment+classify" or not config.preprocess.locator:
+        return None
+    images, masks = read_locator_views(WorkDir(config.work_dir).index, train_ids)
+    log.info("fit: training the tumour locator on %d whole-brain cubes", len(images))
+    return train_locator(images, masks, config.seed)
+
+
+def export_model(config: JobConfig, result: TrainResult, selection: dict[str, Any], path: Path,
+                 locator: dict[str, torch.Tensor] | None = None) -> Path:
     """The deployable model: best weights plus everything ``predict`` needs to treat a new
     patient exactly as training did (job config, modalities, threshold chosen on validation).
     Plain tensors and strings only, so it loads with ``torch.load(..., weights_only=True)``."""
@@ -142,6 +189,8 @@ def export_model(config: JobConfig, result: TrainResult, selection: dict[str, An
                "config": config.model_dump_json(), "threshold": selection["threshold"],
                "threshold_method": selection["threshold_method"], "temperature": selection["temperature"],
                "val_auc": selection["val_auc"], "run": selection["run"]}
+    if locator is not None:
+        payload["locator"] = locator
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
     return path

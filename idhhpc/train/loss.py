@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from monai.losses import FocalLoss
+from monai.losses import DiceCELoss, FocalLoss
 from torch import nn
 
 from idhhpc.config import TrainConfig
@@ -48,3 +48,10 @@ def _inverse_frequency(labels: Sequence[int]) -> torch.Tensor:
     if len(labels) == 0 or (counts == 0).any():
         raise ValueError("train.balance=loss needs training labels of both classes")
     return (counts.sum() / (2 * counts)).float()
+
+
+def make_segment_loss() -> nn.Module:
+    """Dice + cross-entropy over background and the three compartments (MONAI's DiceCELoss), as
+    nnU-Net trains; Dice over the batch, so a small compartment absent from one patient does not
+    blow up."""
+    return DiceCELoss(to_onehot_y=True, softmax=True, batch=True)

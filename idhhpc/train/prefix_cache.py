@@ -45,7 +45,13 @@ VIEW_STREAM = 33
 
 def cache_applies(config: JobConfig) -> bool:
     """Pretrained weights feed a frozen prefix and the cache is not switched off."""
-    return config.cache.enabled and resolve_initialisation(config.model).prefix_frozen
+    return config.cache.enabled and resolve_initialisation(config.model).prefix_frozen and not segments(config)
+
+
+def segments(config: JobConfig) -> bool:
+    """The multi-task network trains its decoder on the tumour masks, so it reads volumes and masks
+    (its skip taps come from the frozen prefix too, which the cache does not keep)."""
+    return config.model.head == "segment+classify"
 
 
 def cache_sections(config: JobConfig) -> tuple[str, ...]:
@@ -169,8 +175,9 @@ def training_inputs(config: JobConfig, train_ids: list[str], val_ids: list[str])
     work = WorkDir(config.work_dir)
     folder = usable_cache(config)
     if folder is None:
-        train_ds = ShardDataset(work.index, train_ids)
-        return calibrated_network(config, train_ds), train_ds, ShardDataset(work.index, val_ids)
+        masks = segments(config)
+        train_ds = ShardDataset(work.index, train_ids, with_masks=masks)
+        return calibrated_network(config, train_ds), train_ds, ShardDataset(work.index, val_ids, with_masks=masks)
     network = build_network(config).read_features()
     return (network, feature_cache.FeatureDataset(folder, train_ids, augments(config), config.seed),
             feature_cache.FeatureDataset(folder, val_ids, False, config.seed))

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from idhhpc.config import TrainConfig
 from idhhpc.constants import BEST_CHECKPOINT, LAST_CHECKPOINT
-from idhhpc.data.augment import AugmentedDataset, make_train_transform
+from idhhpc.data.augment import AugmentedDataset, make_paired_transform, make_train_transform
 from idhhpc.devices import resolve_amp, resolve_device
 from idhhpc.train import distributed, stopping
 from idhhpc.train.averaging import make_weight_average
@@ -44,7 +44,7 @@ from idhhpc.train.checkpoint import (
     save_checkpoint,
 )
 from idhhpc.train.distributed import Distributed
-from idhhpc.train.loss import make_loss
+from idhhpc.train.loss import make_loss, make_segment_loss
 from idhhpc.train.optim import make_optimizer, make_scaler, make_scheduler
 from idhhpc.train.sampler import epoch_batches, micro_steps_per_epoch
 from idhhpc.train.seeding import (
@@ -55,6 +55,7 @@ from idhhpc.train.seeding import (
 )
 from idhhpc.train.step import Optimization, accumulation_window, training_step
 from idhhpc.train.stopping import StopRequest, TrainingInterrupted
+from idhhpc.train.takeoff import TakeoffRule
 from idhhpc.train.validation import ValidationResult, validate
 
 DROPOUT_STREAM, LOADER_STREAM, VAL_LOADER_STREAM = 3, 4, 5
@@ -108,14 +109,15 @@ class _Run:
 
 def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainConfig, run_dir: Path,
           on_epoch_end: EpochCallback | None = None, config_hash: str = "", stop: StopRequest | None = None,
-          restart: bool = False, seed: int = 0) -> TrainResult:
+          restart: bool = False, seed: int = 0, takeoff: TakeoffRule | None = None) -> TrainResult:
     """Train, resuming from ``run_dir/last.pt`` when it exists with the same ``config_hash``.
 
     ``seed`` keys every random choice (sample order, augmentation, dropout, loader workers).
 
     ``stop`` (or :func:`idhhpc.train.stopping.request_stop`) makes the loop save ``last.pt``
     at the next micro-step boundary and raise :class:`TrainingInterrupted`. ``restart=True``
-    ignores an existing ``last.pt`` instead of resuming from it.
+    ignores an existing ``last.pt`` instead of resuming from it. ``takeoff`` raises
+    :class:`idhhpc.train.takeoff.NoTakeOff` at its check epoch if the training loss has not moved.
     """
     run = _prepare_run(model, train_ds, val_ds, settings, seed, Path(run_dir), on_epoch_end, config_hash, stop)
     progress = TrainProgress() if restart else _resume(run)
@@ -124,6 +126,8 @@ def train(model: nn.Module, train_ds: Dataset, val_ds: Dataset, settings: TrainC
         while not progress.finished:
             _train_epoch(run, progress)
             _finish_epoch(run, progress)
+            if takeoff is not None:
+                takeoff.check(progress.history)
     finally:
         stopping.unregister(run.stop)
     return _result(run, progress)
@@ -144,7 +148,9 @@ def _prepare_run(model, train_ds, val_ds, settings, seed, run_dir, on_epoch_end,
                        scaler=make_scaler(use_scaler, device), loss_fn=make_loss(settings, labels).to(device),
                        device=device,
                        amp_dtype=amp_dtype, grad_clip=settings.grad_clip, memory_format=_input_memory_format(model),
-                       average=make_weight_average(model, settings.ema_decay))
+                       average=make_weight_average(model, settings.ema_decay),
+                       segment_loss_fn=make_segment_loss() if getattr(model, "segments", False) else None,
+                       segment_weight=settings.segment_weight)
     return _Run(model=model, train_ds=train_ds, val_ds=val_ds, labels=labels, settings=settings, seed=seed,
                 run_dir=run_dir, opt=opt, stop=stop or StopRequest(), config_hash=config_hash,
                 on_epoch_end=on_epoch_end, dist=context)
@@ -153,7 +159,8 @@ def _prepare_run(model, train_ds, val_ds, settings, seed, run_dir, on_epoch_end,
 def _training_dataset(train_ds: Dataset, settings: TrainConfig, seed: int) -> Dataset:
     if isinstance(train_ds, AugmentedDataset) or settings.augment == "off":
         return train_ds
-    return AugmentedDataset(train_ds, make_train_transform(seed, settings.augment), seed=seed)
+    return AugmentedDataset(train_ds, make_train_transform(seed, settings.augment), seed=seed,
+                            paired=make_paired_transform(seed, settings.augment))
 
 
 def _labels_of(dataset: Dataset) -> list[int]:
@@ -235,6 +242,10 @@ def _micro_step(run: _Run, progress: TrainProgress, batch: dict) -> None:
     loss = training_step(run.opt, batch, window, ends_window)
     progress.loss_sum += run.dist.mean(float(loss))
     progress.loss_count += 1
+    for segment_loss in run.opt.segment_losses:
+        progress.segment_loss_sum += segment_loss
+        progress.segment_loss_count += 1
+    run.opt.segment_losses.clear()
     progress.micro_step += 1
     if ends_window:
         progress.last_step_lr = learning_rate
@@ -269,6 +280,7 @@ def _finish_epoch(run: _Run, progress: TrainProgress) -> None:
                          or progress.epochs_without_improvement >= run.settings.patience)
     progress.epoch += 1
     progress.micro_step, progress.loss_sum, progress.loss_count = 0, 0.0, 0
+    progress.segment_loss_sum, progress.segment_loss_count = 0.0, 0
     _save_last(run, progress)
     _log_epoch(run, metrics, validation_started)
     if run.on_epoch_end is not None and run.dist.is_main:
@@ -284,10 +296,16 @@ def _log_epoch(run: _Run, metrics: dict[str, Any], validation_started: float) ->
     run.epoch_started = now
     if not run.dist.is_main:
         return
-    log.info("epoch %d/%d: train loss %.4f, val auc %.4f, val loss %.4f, lr %.3g, %.1f s (train %.1f s at "
+    segmentation = ""
+    if "train/segment_loss" in metrics:
+        dice = ", ".join(f"{key.removeprefix('val/dice_')} {value:.3f}" for key, value in metrics.items()
+                         if key.startswith("val/dice_"))
+        segmentation = f", segment loss {metrics['train/segment_loss']:.4f}, val dice {dice}"
+    log.info("epoch %d/%d: train loss %.4f, val auc %.4f, val loss %.4f%s, lr %.3g, %.1f s (train %.1f s at "
              "%.1f samples/s, validation and checkpoints %.1f s), peak memory %s", metrics["epoch"] + 1,
-             run.settings.epochs, metrics["train/loss"], metrics["val/auc"], metrics["val/loss"], metrics["lr"],
-             train_s + val_s, train_s, len(run.labels) / max(train_s, 1e-9), val_s, _peak_memory(run.device))
+             run.settings.epochs, metrics["train/loss"], metrics["val/auc"], metrics["val/loss"], segmentation,
+             metrics["lr"], train_s + val_s, train_s, len(run.labels) / max(train_s, 1e-9), val_s,
+             _peak_memory(run.device))
 
 
 def _peak_memory(device: torch.device) -> str:
@@ -338,7 +356,7 @@ def _flip_scoring_when_it_counts(run: _Run, epoch: int) -> Iterator[None]:
 
 
 def _epoch_metrics(run: _Run, progress: TrainProgress, val: ValidationResult) -> dict[str, Any]:
-    return {
+    metrics = {
         "epoch": progress.epoch,
         "train/loss": progress.loss_sum / max(progress.loss_count, 1),
         "val/loss": val.loss,
@@ -346,6 +364,10 @@ def _epoch_metrics(run: _Run, progress: TrainProgress, val: ValidationResult) ->
         "lr": progress.last_step_lr,
         "optimizer_step": progress.optimizer_step,
     }
+    if progress.segment_loss_count:
+        metrics["train/segment_loss"] = progress.segment_loss_sum / progress.segment_loss_count
+    metrics.update({f"val/dice_{name}": value for name, value in val.dice.items()})
+    return metrics
 
 
 def _update_best(run: _Run, progress: TrainProgress, metrics: dict, val: ValidationResult) -> None:
