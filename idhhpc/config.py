@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from idhhpc.atomic import atomic_write_text
-from idhhpc.constants import COORDINATE_CHANNELS, MAX_VOXELS, MODALITIES, STAGES
+from idhhpc.constants import COORDINATE_CHANNELS, LEAKAGE_THRESHOLD, MAX_VOXELS, MODALITIES, STAGES
 
 
 class ConfigError(ValueError):
@@ -46,7 +46,9 @@ class PhantomConfig(Section):
 
 
 class DataConfig(Section):
-    layout: Literal["ucsf_pdgm", "csv"] = "ucsf_pdgm"
+    layout: Literal["ucsf_pdgm", "egd", "csv"] = "ucsf_pdgm"
+    """``egd``: the Erasmus Glioma Database as distributed (``SUBJECTS/<id>/*.nii.gz`` and
+    ``metadata.json``, ``METADATA/Brain_mask.nii.gz``; :mod:`idhhpc.data.egd`)."""
     root: Path | None = None
     metadata_csv: Path | None = None
     cases_csv: Path | None = None
@@ -60,8 +62,8 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _layout_needs_its_source(self) -> "DataConfig":
-        if self.layout == "ucsf_pdgm" and self.root is None:
-            raise ValueError("data.root is required for layout 'ucsf_pdgm'")
+        if self.layout in ("ucsf_pdgm", "egd") and self.root is None:
+            raise ValueError(f"data.root is required for layout {self.layout!r}")
         if self.layout == "csv" and self.cases_csv is None:
             raise ValueError("data.cases_csv is required for layout 'csv'")
         if len(set(self.modalities)) != len(self.modalities):
@@ -292,6 +294,40 @@ class EvaluateConfig(Section):
     stay the headline. Off by default; the network itself never sees them."""
 
 
+class ExternalCohortConfig(Section):
+    """One external test cohort (job key ``external``): read with its own layout, preprocessed
+    with the training job's settings, screened for training patients under other names, and
+    scored by the launch's trained models (:mod:`idhhpc.evaluate.external`)."""
+
+    name: str
+    layout: Literal["ucsf_pdgm", "egd", "csv"] = "egd"
+    root: Path | None = None
+    metadata_csv: Path | None = None
+    cases_csv: Path | None = None
+    harmonise: Literal["none", "histogram"] = "none"
+    """``histogram``: map each external volume's brain percentiles onto the training patients'
+    mean landmarks (Nyul-Udupa standardisation fitted on the training patients only); the report
+    also shows the cohort without it."""
+    leakage_threshold: float = Field(LEAKAGE_THRESHOLD, gt=0.0, le=1.0)
+    """Image-content similarity at or above which an external patient is a training patient
+    (:mod:`idhhpc.data.leakage`; the default is measured on phantoms)."""
+    min_patients: int = Field(2, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", value):
+            raise ValueError(f"external cohort name {value!r}: letters, digits, '_' or '-' only (it names a folder "
+                             "and MLflow keys)")
+        return value
+
+    def data_config(self, training: "DataConfig") -> "DataConfig":
+        """The training job's data section pointed at this cohort: same modalities and options."""
+        return training.model_copy(update={"layout": self.layout, "root": self.root, "metadata_csv": self.metadata_csv,
+                                           "cases_csv": self.cases_csv, "phantom": None, "oracle_csv": None,
+                                           "min_patients": self.min_patients})
+
+
 class ExplainConfig(Section):
     methods: list[Literal["gradcam", "gradcam++"]] = Field(default_factory=lambda: ["gradcam"])
     layer: str | None = None
@@ -444,13 +480,15 @@ class HpcConfig(Section):
         return Resources(**merged)
 
 
+DEFAULT_STAGES = ("cohort", "preprocess", "split", "features", "cv", "fit", "evaluate", "explain")
+"""A job's stages when it names none (and ``external`` after them when it names external cohorts)."""
+
+
 class JobConfig(Section):
     name: str = "idhhpc"
     work_dir: Path = Path("runs/default")
     seed: int = 0
-    stages: list[Literal[STAGES]] = Field(  # type: ignore[valid-type]
-        default_factory=lambda: ["cohort", "preprocess", "split", "features", "cv", "fit", "evaluate", "explain"]
-    )
+    stages: list[Literal[STAGES]] = Field(default_factory=lambda: list(DEFAULT_STAGES))  # type: ignore[valid-type]
     data: DataConfig
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -462,6 +500,28 @@ class JobConfig(Section):
     tune: TuneConfig = Field(default_factory=TuneConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     hpc: HpcConfig = Field(default_factory=HpcConfig)
+    external: list[ExternalCohortConfig] = Field(default_factory=list)
+    """External test cohorts, scored by the ``external`` stage after training."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _external_stage_when_cohorts(cls, data: Any) -> Any:
+        """A job naming external cohorts runs the ``external`` stage unless its stages are given."""
+        if isinstance(data, dict) and data.get("external") and "stages" not in data:
+            data = {**data, "stages": [*DEFAULT_STAGES, "external"]}
+        return data
+
+    @model_validator(mode="after")
+    def _external_cohorts_are_complete(self) -> "JobConfig":
+        names = [cohort.name for cohort in self.external]
+        if len(set(names)) != len(names):
+            raise ValueError(f"external cohort names repeat: {names}")
+        for cohort in self.external:
+            try:
+                DataConfig(**cohort.data_config(self.data).model_dump())
+            except ValidationError as err:
+                raise ValueError(f"external cohort {cohort.name!r}: {err.errors()[0]['msg']}") from None
+        return self
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of some sections and the seed: what decides whether an output is still valid."""

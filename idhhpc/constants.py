@@ -38,6 +38,22 @@ NECROSIS, EDEMA, ENHANCING = 1, 2, 4
 TUMOR_LABELS = (0, NECROSIS, EDEMA, ENHANCING)
 TUMOR_SUBREGIONS = {"necrosis": NECROSIS, "edema": EDEMA, "enhancing": ENHANCING}
 
+# --- external cohorts -----------------------------------------------------------------------------
+
+EGD_SUBJECTS_DIR = "SUBJECTS"
+EGD_METADATA_DIR = "METADATA"
+EGD_BRAIN_MASK = "Brain_mask.nii.gz"
+"""The Erasmus Glioma Database's one brain mask for every subject (all are registered to an atlas)."""
+EGD_SUBJECT_METADATA = "metadata.json"
+EGD_TUMOR_MASK = "MASK.nii.gz"
+EGD_UNKNOWN = -1
+"""``Genetic_and_Histological_labels.IDH`` of a subject whose IDH status is unknown."""
+LEAKAGE_THRESHOLD = 0.7
+"""Image-content similarity at or above which an external patient counts as a training patient
+(:mod:`idhhpc.data.leakage`); measured on phantoms in benchmarks/RESULTS.md, "External"."""
+SITES_FILE = "sites.csv"
+"""An external cohort's per-patient site facts (manufacturer, field strength, age)."""
+
 # --- clinical covariates -----------------------------------------------------------------------
 
 CLINICAL_COLUMNS: dict[str, tuple[str, ...]] = {"age": ("Age at MRI", "age", "Age")}
@@ -49,7 +65,7 @@ writes ``Age at MRI``, a users' cases CSV ``age``."""
 EPOCH_COUNTERS = ("epoch", "optimizer_step")
 """Counters in the trainer's per-epoch records: the x axis of training curves, never a curve."""
 
-STAGES = ("cohort", "preprocess", "split", "features", "tune", "cv", "fit", "evaluate", "explain")
+STAGES = ("cohort", "preprocess", "split", "features", "tune", "cv", "fit", "evaluate", "explain", "external")
 """Every stage, in pipeline order."""
 
 # --- file names inside a work dir (``idhhpc.workdir.WorkDir`` composes the paths) -------------
@@ -78,6 +94,7 @@ PREDICTION_FILE = "prediction.json"
 """What ``python -m idhhpc.predict`` writes beside its overlays: the result and the files it wrote."""
 SEGMENTATION_FILE = "segmentation.nii.gz"
 """A multi-task model's predicted compartments (0, 1, 2, 4) on the patient's native grid (``predict``)."""
+EXTERNAL_SUMMARY_FILE = "external.json"
 MLFLOW_STORE_FILE = "mlflow.db"
 MLFLOW_ARTIFACT_DIR = "mlartifacts"
 LOCK_FILE = ".idhhpc.lock"

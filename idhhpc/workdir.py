@@ -82,6 +82,10 @@ class WorkDir:
         return self.reports / names.REPORT_FILE
 
     @property
+    def metrics(self) -> Path:
+        return self.reports / names.METRICS_FILE
+
+    @property
     def predictions(self) -> Path:
         return self.reports / names.PREDICTIONS_FILE
 
@@ -113,6 +117,21 @@ class WorkDir:
 
     def patient_report(self, patient_id: str) -> Path:
         return self.explanations / validate_patient_id(patient_id)
+
+    # --- external cohorts ---------------------------------------------------------------------------
+    def external(self, name: str) -> Path:
+        """The work dir of one external cohort (``data.layout`` of its own, the training job's
+        preprocessing): its ``cohort/``, ``shards/`` and ``reports/`` as a job's, via ``WorkDir``."""
+        return self.root / "external" / validate_patient_id(name)
+
+    @property
+    def sites(self) -> Path:
+        """Per-patient site facts (manufacturer, field strength, age) where the layout records them."""
+        return self.root / "cohort" / names.SITES_FILE
+
+    @property
+    def external_summary(self) -> Path:
+        return self.reports / names.EXTERNAL_SUMMARY_FILE
 
     # --- bookkeeping -------------------------------------------------------------------------------
     @property

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import minimize_scalar
 from scipy.special import expit, logit
+from sklearn.linear_model import LogisticRegression
 
 from idhhpc.evaluate.inputs import as_binary_arrays
 
@@ -68,3 +69,14 @@ def reliability_bins(y_true: ArrayLike, probs: ArrayLike, bins: int = 10) -> lis
     which = np.minimum((values * bins).astype(int), bins - 1)
     return [(float(values[which == b].mean()), float(labels[which == b].mean()), int((which == b).sum()))
             for b in range(bins) if (which == b).any()]
+
+
+def calibration_slope_intercept(y_true: ArrayLike, probs: ArrayLike) -> tuple[float, float]:
+    """(slope, intercept) of the logistic recalibration ``logit P(y) = a + b logit(p)`` on these
+    patients: 1 and 0 when calibrated; a slope below 1 means over-confident probabilities, an
+    intercept away from 0 a shifted base rate (what a new site does). NaN for one class only."""
+    labels, values = as_binary_arrays(y_true, probs)
+    if labels.min() == labels.max():
+        return float("nan"), float("nan")
+    model = LogisticRegression(C=np.inf, max_iter=1000).fit(probability_logit(values)[:, None], labels)
+    return float(model.coef_[0, 0]), float(model.intercept_[0])

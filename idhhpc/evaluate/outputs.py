@@ -45,12 +45,14 @@ def evaluate_predictions(
     n_resamples: int = 1000,
     seed: int = 0,
     sections: Sequence[str] = (),
+    title: str | None = None,
 ) -> dict[str, float]:
     """Write ``metrics.json``, ``predictions.csv``, the PNG figures, ``report.md`` and ``report.html`` to
     ``out_dir`` and return the bare-keyed metrics (callers prefix ``test/`` for MLflow).
 
     ``threshold`` must come from the validation set (``choose_threshold``), never from these labels.
-    ``sections`` are further Markdown lines for the report (other models, out-of-fold figures...).
+    ``sections`` are further Markdown lines for the report (other models, out-of-fold figures...);
+    ``title`` replaces the report's heading (an external cohort's report says which cohort).
     """
     labels, probs = as_binary_arrays(y_true, prob)
     patient_ids = _checked_patient_ids(patient_ids, len(labels))
@@ -63,7 +65,7 @@ def evaluate_predictions(
     atomic_write_json(out_dir / METRICS_FILE, _metrics_document(metrics, intervals, summary))
     atomic_write_text(out_dir / PREDICTIONS_FILE, _predictions_csv(patient_ids, labels, probs, threshold))
     figures = _write_figures(labels, probs, threshold, metrics, intervals, history, out_dir)
-    report = render_report(metrics, intervals, summary, figures, sections)
+    report = render_report(metrics, intervals, summary, figures, sections, **({"title": title} if title else {}))
     atomic_write_text(out_dir / REPORT_FILE, report)
     atomic_write_text(out_dir / REPORT_HTML_FILE, render_report_html(report, out_dir))
     return metrics

@@ -28,6 +28,7 @@ def render_report(
     summary: Mapping[str, object],
     figures: Mapping[str, str],
     sections: Sequence[str] = (),
+    title: str = "IDH mutation status: test-set evaluation",
 ) -> str:
     """Return Markdown: the cohort line, the comparison with the study, every metric with its
     CI, the calibration, further ``sections`` (Markdown lines), and the figures
@@ -38,7 +39,7 @@ def render_report(
     """
     counts = summary["class_counts"]
     lines = [
-        "# IDH mutation status: test-set evaluation",
+        f"# {title}",
         "",
         f"n = {summary['n']} (wildtype {counts['wildtype']}, mutant {counts['mutant']}); "
         f"predicted mutant when P(mutant) >= {summary['threshold']:.4f}. "

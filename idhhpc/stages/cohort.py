@@ -12,6 +12,7 @@ from pathlib import Path
 
 from idhhpc.config import JobConfig
 from idhhpc.data import cohort as ingest
+from idhhpc.data import egd
 from idhhpc.data.ucsf_pdgm import METADATA_GLOB
 from idhhpc.phantoms import generate_cohort
 from idhhpc.phantoms.cohort import GENERATOR_VERSION
@@ -46,6 +47,8 @@ def run_cohort(config: JobConfig) -> CohortSummary:
         ensure_phantom_cohort(config)
         cohort = ingest.discover_ucsf_pdgm(data.root, data.metadata_csv, data.modalities, data.use_bias_corrected,
                                            config.preprocess.max_voxels)
+    elif data.layout == "egd":
+        cohort = egd.discover_egd(data.root, data.modalities, config.preprocess.max_voxels)
     else:
         cohort = ingest.discover_csv(data.cases_csv, data.modalities, config.preprocess.max_voxels)
     work = WorkDir(config.work_dir)
@@ -122,10 +125,13 @@ def ensure_phantom_cohort(config: JobConfig) -> None:
 
 
 def _sources(config: JobConfig) -> list[Path]:
-    """The files the manifest is made from: the cases CSV, or UCSF-PDGM's metadata CSV."""
+    """The files the manifest is made from: the cases CSV, UCSF-PDGM's metadata CSV, or EGD's
+    per-subject metadata files."""
     data = config.data
     if data.layout == "csv":
         return [data.cases_csv]
+    if data.layout == "egd":
+        return egd.metadata_files(data.root) if egd.subjects_dir(data.root).is_dir() else []
     if data.metadata_csv:
         return [data.metadata_csv]
     return sorted(data.root.glob(METADATA_GLOB)) if data.root.is_dir() else []

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from idhhpc.config import JobConfig
 from idhhpc.data import cohort as ingest
+from idhhpc.data import egd
 from idhhpc.data.cases import CaseFiles
 from idhhpc.data.dataset import verify_shards
 from idhhpc.data.preprocess import settings_hash
@@ -56,6 +57,8 @@ def _candidate_patients(config: JobConfig) -> int:
     data = config.data
     if data.layout == "csv":
         return max(1, sum(1 for _ in open(data.cases_csv)) - 1) if data.cases_csv.is_file() else 1
+    if data.layout == "egd":
+        return max(1, len(egd.subject_folders(data.root))) if egd.subjects_dir(data.root).is_dir() else 1
     if data.root.is_dir():
         return max(1, sum(1 for p in data.root.iterdir() if p.name.endswith("_nifti")))
     return data.phantom.patients if data.phantom else 1

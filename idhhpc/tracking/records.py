@@ -19,6 +19,7 @@ from typing import Any
 from idhhpc.config import JobConfig
 from idhhpc.constants import (
     CLINICAL_FUSION_FILE,
+    EXTERNAL_SUMMARY_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
     REPORT_FILE,
@@ -64,6 +65,19 @@ def log_evaluation(run: RunHandle, config: JobConfig, reports: Path, cv_summary:
     if export is not None:
         register_model(run, config, export)
     return metrics
+
+
+def log_external(run: RunHandle, config: JobConfig, reports: Path, metrics: Mapping[str, float]) -> None:
+    """An external cohort's metrics (``external/<name>/...``) on its run and on the launch run,
+    beside the internal ``test/`` figures; its report, predictions and figures at the run's root."""
+    run.log_metrics(dict(metrics))
+    figures = sorted(reports.glob("*.png"))
+    files = [reports / name for name in (REPORT_HTML_FILE, REPORT_FILE, METRICS_FILE, PREDICTIONS_FILE,
+                                         EXTERNAL_SUMMARY_FILE)]
+    _log_figures(run, figures, files)
+    parent = launch_run(run, config)
+    if parent is not None:
+        parent.log_metrics(dict(metrics))
 
 
 def log_explanation(run: RunHandle, config: JobConfig, result: Mapping[str, Any], patient_dirs: Sequence[Path]) -> None:
