@@ -1,5 +1,5 @@
 """``python -m idhhpc.phantoms OUT --patients N [--seed S] [--shape X Y Z]``."""
 
-from idhhpc.phantoms.cohort import main
+from idhhpc.phantoms.cli import main
 
 raise SystemExit(main())

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from idhhpc.ids import UnsafePatientId
+from idhhpc.phantoms import cli as phantoms_cli
 from idhhpc.phantoms import cohort as phantoms
 from idhhpc.phantoms.anatomy import load_anatomy
 from idhhpc.phantoms.clinical import METADATA_COLUMNS, MUTANT_SPELLINGS, clinical_row
@@ -213,7 +214,7 @@ def test_cli_writes_a_cohort(tmp_path, capsys):
     out = tmp_path / "cli"
     argv = [str(out), "--patients", "2", "--seed", "1", "--shape", "32", "32", "24", "--unknown", "1"]
     argv += ["--followups", "1"]
-    assert phantoms.main(argv) == 0
+    assert phantoms_cli.main(argv) == 0
     assert capsys.readouterr().out.strip().endswith("UCSF-PDGM-metadata_v2.csv")
     rows = _rows(out)
     assert len(rows) == 4 and sum("_FU" in r["ID"] for r in rows) == 1
