@@ -258,6 +258,9 @@ class TrainConfig(Section):
     segment_weight: float = Field(1.0, ge=0)
     """With ``model.head: segment+classify``: weight of the segmentation loss (MONAI's DiceCELoss
     over background, necrosis, edema and enhancement) added to the IDH loss."""
+    decoder_lr_scale: float = Field(1.0, gt=0)
+    """With a segmentation decoder: its learning rate as a multiple of ``max_lr`` (it starts from
+    random weights and has a dense target, so it can take a larger step than the encoder)."""
     takeoff_epoch: int = Field(0, ge=0)
     """The take-off rule (``idhhpc/train/takeoff.py``): after this many epochs (0: off) a run whose
     training IDH loss has not fallen below ``takeoff_ratio`` x its first epoch's is restarted from

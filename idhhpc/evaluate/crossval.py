@@ -96,6 +96,10 @@ class CrossValidationSummary:
     """``evaluate.clinical``: the covariates of the two rows below (empty: none)."""
     clinical_only: Scored | None = None
     with_clinical: Scored | None = None
+    takeoff_restarts: list[int] = field(default_factory=list)
+    """Per fold: how often the take-off rule restarted its training (``train.takeoff_*``)."""
+    dice: dict[str, float] = field(default_factory=dict)
+    """A multi-task network's mean validation Dice per compartment over the folds (else empty)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,4 +114,7 @@ class CrossValidationSummary:
             values |= {"cv/oracle_auc": self.oracle.auc, "cv/gap_to_oracle": self.oracle.auc - self.network.auc}
         if self.with_clinical and self.clinical_only:
             values |= {"cv/oof_auc_with_clinical": self.with_clinical.auc, "cv/clinical_only_oof_auc": self.clinical_only.auc}
+        values |= {f"cv/dice_{name}": value for name, value in self.dice.items()}
+        if self.takeoff_restarts:
+            values["cv/takeoff_restarts"] = sum(self.takeoff_restarts)
         return {k: float(v) for k, v in values.items() if math.isfinite(v)}

@@ -93,6 +93,21 @@ def _fmt_ci(low: float, high: float) -> str:
     return "" if math.isnan(low) else f"[{low:.3f}, {high:.3f}]"
 
 
+def _multitask_lines(summary: Mapping[str, object]) -> list[str]:
+    """The decoder's validation Dice and the take-off rule's restarts, where they apply."""
+    lines = []
+    dice = summary.get("dice") or {}
+    if dice:
+        lines += ["", "Segmentation (the multi-task decoder, validation patients, mean over folds): Dice "
+                  + ", ".join(f"{name} {_fmt(value)}" for name, value in dice.items()) + "."]
+    restarts = summary.get("takeoff_restarts") or []
+    if restarts:
+        lines += ["", f"Take-off rule: {sum(restarts)} restart(s) over {len(restarts)} folds "
+                  f"({', '.join(str(r) for r in restarts)}); a run restarts from another seed when its training "
+                  "loss at the check epoch is above the ratio of its first epoch's (train.takeoff_*)."]
+    return lines
+
+
 def cross_validation_section(summary: Mapping[str, object]) -> list[str]:
     """Markdown for the out-of-fold figures (a ``CrossValidationSummary.to_dict()``): the network,
     the classical baseline and the Bayes optimum on the same patients, and what separates them."""
@@ -108,6 +123,7 @@ def cross_validation_section(summary: Mapping[str, object]) -> list[str]:
     if oracle:
         lines.append(f"| Bayes-optimal score (phantom oracle) | {_scored(oracle)} |")
     lines += _clinical_rows(summary)
+    lines += _multitask_lines(summary)
     lines.append("")
     if baseline and _finite(network["auc"]) and _finite(baseline["auc"]):
         lines.append(f"Network minus baseline: {network['auc'] - baseline['auc']:+.3f}.")

@@ -11,22 +11,24 @@ def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: decay conv/linear weights only.
+def parameter_groups(model: nn.Module, weight_decay: float, decoder_lr_scale: float = 1.0) -> list[dict]:
+    """AdamW groups: decay conv/linear weights only; a segmentation decoder's at its own rate.
 
     Decaying norm scales and biases pulls them towards zero without regularising the function,
-    so they go to a group with ``weight_decay=0``. Frozen parameters are left out; empty groups
-    are dropped because some optimizers reject them.
+    so they go to a group with ``weight_decay=0``. The decoder of a multi-task network starts from
+    nothing where the encoder already classifies, so ``decoder_lr_scale`` multiplies its rate
+    (``lr_scale`` of its groups, read by the schedule). Frozen parameters are left out; empty
+    groups are dropped because some optimizers reject them.
     """
     no_decay_ids = {id(p) for p in _norm_and_bias_parameters(model)}
-    decay, no_decay = [], []
+    decoder = getattr(model, "decoder", None)
+    decoder_ids = {id(p) for p in decoder.parameters()} if isinstance(decoder, nn.Module) else set()
+    groups = {(decays, scaled): [] for decays in (True, False) for scaled in (False, True)}
     for param in trainable_parameters(model):
-        (no_decay if id(param) in no_decay_ids else decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return [group for group in groups if group["params"]]
+        groups[(id(param) not in no_decay_ids, id(param) in decoder_ids)].append(param)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0,
+             **({"lr_scale": decoder_lr_scale} if scaled else {})}
+            for (decays, scaled), params in groups.items() if params]
 
 
 def _norm_and_bias_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -127,7 +127,16 @@ def summarise(config: JobConfig, splits: dict[str, Any], oof: OutOfFold, selecti
         oracle=scored.get(ORACLE), oracle_coverage=len(scores.get(ORACLE, [])), clinical_inputs=list(names),
         clinical_only=scored.get(clinical_only_name(names)), with_clinical=scored.get(clinical_fused_name(names)),
         threshold=choose_threshold(oof.labels, oof.probs, config.evaluate.threshold),
-        per_fold_auc=[float(s["val_auc"]) for s in selections], splits_fingerprint=splits_fingerprint(splits))
+        per_fold_auc=[float(s["val_auc"]) for s in selections], splits_fingerprint=splits_fingerprint(splits),
+        takeoff_restarts=[len(s.get("takeoff", {}).get("failed", [])) for s in selections],
+        dice=_mean_fold_dice(selections))
+
+
+def _mean_fold_dice(selections: list[dict[str, Any]]) -> dict[str, float]:
+    """The folds' last-epoch validation Dice per compartment, averaged (empty without a decoder)."""
+    last = [s["history"][-1] for s in selections if s.get("history")]
+    names = sorted({key for h in last for key in h if key.startswith("val/dice_")})
+    return {name.removeprefix("val/dice_"): float(np.nanmean([h.get(name, np.nan) for h in last])) for name in names}
 
 
 def _write_report(work: WorkDir, oof: OutOfFold, scores: dict[str, list[float]],

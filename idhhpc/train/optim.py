@@ -14,7 +14,7 @@ from idhhpc.model.parameters import parameter_groups
 
 def make_optimizer(model: nn.Module, settings: TrainConfig) -> torch.optim.AdamW:
     """AdamW over trainable parameters only; norms and biases get no weight decay."""
-    groups = parameter_groups(model, settings.weight_decay)
+    groups = parameter_groups(model, settings.weight_decay, settings.decoder_lr_scale)
     if not groups:
         raise ValueError("make_optimizer: the model has no trainable parameters (all requires_grad=False)")
     return torch.optim.AdamW(groups, lr=settings.max_lr / settings.div_factor)
@@ -29,7 +29,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainConfig, n_sa
     steps = optimizer_steps_per_epoch(n_samples, settings.micro_batch, settings.accumulate)
     return OneCycleLR(
         optimizer,
-        max_lr=settings.max_lr,
+        max_lr=[settings.max_lr * group.get("lr_scale", 1.0) for group in optimizer.param_groups],
         total_steps=settings.epochs * steps,
         pct_start=settings.pct_start,
         div_factor=settings.div_factor,

@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 
 import nibabel as nib
@@ -206,3 +207,27 @@ def test_coordinate_channels_place_each_voxel_in_the_brain_box(tmp_path):
     centre = tumor.image[4:].astype(np.float32)[:, 12, 12, 12]
     inside = brain.image[4:].astype(np.float32)[:, *np.round(np.argwhere(brain.tumor > 0).mean(0)).astype(int)]
     assert np.allclose(centre, inside, atol=0.15)  # the tumour cube's centre sits where the tumour is
+
+
+@pytest.mark.parametrize("affine", [RAS_AFFINE, FLIPPED_AFFINE], ids=["ras", "permuted"])
+def test_a_locator_that_finds_the_tumour_gives_the_expert_crop(tmp_path, affine):
+    """Mask-free preprocessing: the locator sees the whole-brain cube, its mask goes back to the
+    native grid and chooses the crop; a perfect locator (the expert mask at cube resolution)
+    gives the cube the expert mask gives, up to the cube's voxel."""
+    case = write_case(tmp_path, affine=affine)
+    settings = TUMOR_ROI.model_copy(update={"locator": True})
+    expert = preprocess_case(case, settings)
+    assert expert.locator_image.shape == (4, 24, 24, 24) and expert.locator_tumor.any()
+    without_mask = dataclasses.replace(case, tumor_mask=None)
+    seen = []
+    located = preprocess_case(without_mask, settings, locate=lambda whole: seen.append(whole) or expert.locator_tumor)
+    np.testing.assert_array_equal(seen[0], expert.locator_image)
+    assert located.tumor is None and located.located is not None
+    assert dice(located.located > 0, expert.tumor > 0) > 0.75
+    assert abs(int(located.geometry["cube_side"]) - int(expert.geometry["cube_side"])) <= 0.2 * int(expert.geometry["cube_side"])
+
+
+def test_a_locator_that_finds_nothing_rejects_the_patient(tmp_path):
+    case = dataclasses.replace(write_case(tmp_path), tumor_mask=None)
+    with pytest.raises(CaseRejected, match="locator found no tumour"):
+        preprocess_case(case, TUMOR_ROI, locate=lambda whole: np.zeros(whole.shape[1:], np.uint8))
