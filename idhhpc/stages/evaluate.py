@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
+from torch.utils.data import Dataset
 
 from idhhpc.atomic import atomic_write_json
 from idhhpc.config import JobConfig
 from idhhpc.data.clinical import read_covariates
+from idhhpc.data.cohort import read_manifest
 from idhhpc.data.dataset import ShardDataset
 from idhhpc.data.oracle import load_oracle
 from idhhpc.data.splits import load_splits, non_test_patients
@@ -27,6 +30,7 @@ from idhhpc.devices import resolve_device
 from idhhpc.evaluate import baseline, fusion
 from idhhpc.evaluate.crossval import Scored
 from idhhpc.evaluate.ensemble import fold_ensemble
+from idhhpc.evaluate.mask_free import dice_metrics, locate_test_cases
 from idhhpc.evaluate.metrics import compute_metrics
 from idhhpc.evaluate.outputs import evaluate_predictions
 from idhhpc.evaluate.report import cross_validation_section
@@ -60,20 +64,23 @@ def run_evaluate(config: JobConfig) -> dict[str, Any]:
         test = ShardDataset(work.index, test_ids)
         models = score_models(config, test)
         headline = models.get(config.evaluate.ensemble) or models.get(FIT_RUN) or next(iter(models.values()))
+        mask_free, mask_free_lines, mask_free_metrics = mask_free_scores(config, test, models, headline)
+        if mask_free is not None:  # what a new patient gets: the headline from the four modalities alone
+            headline = mask_free
         clinical = clinical_test_scores(config, test, headline)
-        sections = report_sections(config, test, models, headline, clinical)
+        sections = report_sections(config, test, models, headline, clinical) + mask_free_lines
         metrics = evaluate_predictions(test.labels, headline.probs, headline.threshold, test.patient_ids,
                                        work.reports, history=headline.history, n_resamples=config.evaluate.bootstrap,
                                        seed=config.seed, sections=sections)
         other = {f"test/{m.name}_auc": compute_metrics(test.labels, m.probs, m.threshold)["auc"] for m in models.values()}
-        other |= clinical_test_metrics(config, test, clinical)
+        other |= clinical_test_metrics(config, test, clinical) | mask_free_metrics
         served = work.exported_model(FIT_RUN)  # the model predict and the registry serve
         log_evaluation(run, config, work.reports, {k: v for k, v in other.items() if _finite(v)}
                        | cross_validation_summary(config), export=served if served.is_file() else None)
     return {"metrics": metrics, "model": headline.name, "threshold": headline.threshold}
 
 
-def score_models(config: JobConfig, test: ShardDataset) -> dict[str, TestScores]:
+def score_models(config: JobConfig, test: Dataset) -> dict[str, TestScores]:
     """The fit model and, when every fold exported one, the fold ensemble (their logit-space mean,
     with the same mean of their own thresholds: :mod:`idhhpc.evaluate.ensemble`)."""
     work, device = WorkDir(config.work_dir), resolve_device(config.train.device)
@@ -90,6 +97,44 @@ def score_models(config: JobConfig, test: ShardDataset) -> dict[str, TestScores]
     if not models:
         raise FileNotFoundError(f"no trained model in {work.root / 'checkpoints'}: run the fit or cv stage first")
     return models
+
+
+def mask_free_scores(config: JobConfig, test: ShardDataset, models: dict[str, TestScores], headline: TestScores
+                     ) -> tuple[TestScores | None, list[str], dict[str, float]]:
+    """With a tumour locator in the fit export: every model on the located cubes of the test
+    patients (:mod:`idhhpc.evaluate.mask_free`). Returns the mask-free headline (None when there is
+    no locator or it missed a patient), the report lines and the MLflow metrics."""
+    work = WorkDir(config.work_dir)
+    if not work.exported_model(FIT_RUN).is_file():
+        return None, [], {}
+    fit = Predictor.load(work.exported_model(FIT_RUN), resolve_device(config.train.device))
+    if fit.locator is None:
+        return None, [], {}
+    by_id = {c.patient_id: c for c in read_manifest(work.manifest, config.data.modalities)}
+    cases = [by_id[pid] for pid in test.patient_ids]
+    cubes = locate_test_cases(cases, fit)
+    if cubes.rejected:
+        return None, [f"Mask-free test: the locator found no tumour in {len(cubes.rejected)} patient(s) "
+                      f"({', '.join(sorted(cubes.rejected))}); the headline keeps the expert crop.", ""], {}
+    located = score_models(config, [{"image": torch.from_numpy(image.astype(np.float32))} for image in cubes.images])
+    labels, resamples = list(test.labels), config.evaluate.bootstrap
+    lines = ["## Without the expert mask", "",
+             "Each test patient preprocessed again without its tumour segmentation: the fit model's tumour "
+             "locator chose the crop. The headline above is this row's model.", "",
+             "| model | mask-free test AUC [95 % CI] | same call as with the expert crop |", "| --- | --- | --- |"]
+    metrics = {}
+    for name, scores in located.items():
+        agree = float(np.mean((scores.probs >= scores.threshold) == (models[name].probs >= models[name].threshold)))
+        lines.append(f"| {_model_title(name, config)} | {Scored.of(labels, scores.probs.tolist(), resamples, config.seed).text()}"
+                     f" | {agree:.0%} |")
+        metrics |= {f"test/mask_free_{name}_auc": compute_metrics(labels, scores.probs, scores.threshold)["auc"],
+                    f"test/mask_free_{name}_agreement": agree}
+    dice = cubes.mean_dice()
+    lines += ["", "Predicted tumour (fit model, located crop, native grid) against the expert mask, mean Dice: "
+              + ", ".join(f"{k} {v:.3f}" for k, v in dice.items()) + ".", ""]
+    mask_free = located[headline.name]
+    mask_free = TestScores(f"{headline.name}", mask_free.probs, mask_free.threshold, headline.history)
+    return mask_free, lines, metrics | dice_metrics(dice)
 
 
 def report_sections(config: JobConfig, test: ShardDataset, models: dict[str, TestScores],

@@ -65,6 +65,17 @@ def test_folds_log_dice_per_compartment_to_mlflow_and_the_cv_summary(trained):
 
 
 @pytest.mark.slow
+def test_evaluation_scores_the_test_patients_without_their_masks(trained):
+    work = WorkDir(trained.work_dir)
+    report = (work.reports / "report.md").read_text()
+    assert "## Without the expert mask" in report and "mean Dice: necrosis" in report
+    client = MlflowClient(f"sqlite:///{work.root / 'mlflow.db'}")
+    run, = client.search_runs([e.experiment_id for e in client.search_experiments()], "params.role = 'evaluate'")
+    metrics = run.data.metrics
+    assert 0.0 <= metrics["test/mask_free_folds_agreement"] <= 1.0 and "test/dice_tumor" in metrics
+
+
+@pytest.mark.slow
 def test_fit_export_carries_the_tumour_locator(trained):
     payload = torch.load(WorkDir(trained.work_dir).checkpoints("fit") / MODEL_FILE, weights_only=True)
     assert payload["locator"] and all(torch.is_tensor(v) for v in payload["locator"].values())
