@@ -32,7 +32,11 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Frozen: a loaded job is what every step computes from; setting an attribute raises
+    (derive a changed job with ``model_copy(update=...)``). What a launch adds, its MLflow run and
+    lock, lives in :class:`idhhpc.context.LaunchContext`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class PhantomConfig(Section):
@@ -354,12 +358,19 @@ class TuneConfig(Section):
 
 
 class TrackingConfig(Section):
-    """``uri`` None means an embedded SQLite store in the work dir; the launcher fills in
-    ``parent_run_id`` so that jobs on other nodes log as children of one launch run."""
+    """``uri`` None means an embedded SQLite store in the work dir. The launch run's id is not part
+    of the job: it lives in the launch context (:mod:`idhhpc.context`)."""
 
     uri: str | None = None
     experiment: str = "idhhpc"
-    parent_run_id: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_launch_state(cls, data: Any) -> Any:
+        """``config.yaml`` of earlier versions carried the launch run's id here."""
+        if isinstance(data, dict) and "parent_run_id" in data:
+            data = {k: v for k, v in data.items() if k != "parent_run_id"}
+        return data
 
 
 class Resources(Section):
@@ -551,6 +562,18 @@ def load_job(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (
     """
     source = str(path) if path is not None else "<built-in default job>"
     raw = _read_yaml(Path(path)) if path is not None else default_job_dict()
+    return _validated(raw, overrides, source)
+
+
+def apply_overrides(config: JobConfig, overrides: list[str] | tuple[str, ...]) -> JobConfig:
+    """A loaded job with ``--set``-style overrides: a new frozen job, validated as a file is
+    (``model.norm`` is already resolved, so ``auto`` is not re-decided)."""
+    if not overrides:
+        return config
+    return _validated(json.loads(config.model_dump_json()), overrides, f"<job {config.name}>")
+
+
+def _validated(raw: dict[str, Any], overrides: list[str] | tuple[str, ...], source: str) -> JobConfig:
     for override in overrides:
         _apply_override(raw, override, source)
     try:

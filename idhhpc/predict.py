@@ -252,6 +252,15 @@ def details(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def predict_with(model: str | Path, patient_dir: Path, out: Path | None = None, device: str = "auto",
+                 tumor_mask: Path | None = None, force: bool = False, tracking_uri: str | None = None) -> dict[str, Any]:
+    """:func:`predict` with an exported file or a model URI (``models:/NAME/VERSION``, ``runs:/...``)."""
+    if isinstance(model, str) and ":/" in model:
+        with registered_export(model, tracking_uri) as export:
+            return predict(export, patient_dir, out, device, tumor_mask, model_uri=model, force=force)
+    return predict(Path(model), patient_dir, out, device, tumor_mask, force=force)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m idhhpc.predict", description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
@@ -272,12 +281,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.model:
-            with registered_export(args.model, args.tracking_uri) as export:
-                result = predict(export, args.patient, args.out, args.device, args.tumor_mask, model_uri=args.model,
-                                 force=args.force)
-        else:
-            result = predict(args.checkpoint, args.patient, args.out, args.device, args.tumor_mask, force=args.force)
+        result = predict_with(args.model or args.checkpoint, args.patient, args.out, args.device, args.tumor_mask,
+                              args.force, args.tracking_uri)
     except InvalidInput as err:
         print(f"refused: {err}", file=sys.stderr)
         return EXIT_INVALID_INPUT

@@ -69,6 +69,10 @@ class WorkDir:
     def exported_model(self, run_name: str) -> Path:
         return self.checkpoints(run_name) / names.MODEL_FILE
 
+    def trained_config(self, run_name: str) -> Path:
+        """The job as the run trained (tuned values, memory plan, restart seed applied)."""
+        return self.checkpoints(run_name) / names.TRAINED_CONFIG_FILE
+
     def last_checkpoint(self, run_name: str) -> Path:
         return self.checkpoints(run_name) / names.LAST_CHECKPOINT
 
@@ -145,3 +149,12 @@ class WorkDir:
     @property
     def lock(self) -> Path:
         return self.root / names.LOCK_FILE
+
+
+FIT_RUN = "fit"
+"""The final fit's run name (``checkpoints/fit/``)."""
+
+
+def fold_run_name(fold: int) -> str:
+    """The run name of cross-validation fold ``fold`` (``checkpoints/fold-0/``)."""
+    return f"fold-{fold}"

@@ -89,3 +89,22 @@ def test_multi_gpu_training_needs_one_task_per_gpu(tmp_path):
         load_job(path)
     config = load_job(path, ["hpc.stages.fit.tasks_per_node=4"])
     assert config.hpc.for_stage("fit").tasks_per_node == 4
+
+
+def test_a_loaded_job_is_frozen_and_launch_state_stays_out_of_it():
+    from pydantic import ValidationError
+
+    from idhhpc import api
+    from idhhpc.config import JobConfig
+
+    config = load_job(None)
+    with pytest.raises(ValidationError, match="frozen"):
+        config.seed = 1
+    with pytest.raises(ValidationError, match="frozen"):
+        config.train.max_lr = 0.1
+    assert "parent_run_id" not in config.tracking.model_dump()
+    old = config.model_dump() | {"tracking": {"uri": None, "experiment": "x", "parent_run_id": "abc"}}
+    assert JobConfig(**old).tracking.experiment == "x"  # config.yaml of earlier launches still reads
+    changed = api.load(config, ["train.epochs=3"], stages=["cohort", "split"], executor="debug")
+    assert (changed.train.epochs, changed.stages, changed.hpc.executor) == (3, ["cohort", "split"], "debug")
+    assert config.train.epochs != 3 and api.load(config) is config

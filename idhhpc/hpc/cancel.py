@@ -12,6 +12,7 @@ import logging
 import time
 
 from idhhpc.config import JobConfig
+from idhhpc.context import LaunchContext
 from idhhpc.hpc.lock import LockInfo, WorkDirLock, stop_local_holder
 from idhhpc.hpc.squeue import SlurmUnreachable, queued, scancel
 from idhhpc.workdir import WorkDir
@@ -54,8 +55,7 @@ def _cancel_chain(config: JobConfig, lock: WorkDirLock, info: LockInfo) -> int:
     except SlurmUnreachable as err:
         print(f"cannot cancel Slurm chain {','.join(ids)}: {err}")
         return 1
-    tracking = config.tracking.model_copy(update={"uri": info.tracking_uri, "parent_run_id": info.run_id})
-    close_launch_run(config.model_copy(update={"tracking": tracking}), "KILLED")
+    close_launch_run(config, "KILLED", LaunchContext(info.tracking_uri, info.run_id, info.token))
     lock.release(info.token)
     print(f"cancelled Slurm chain {','.join(ids)} (MLflow run {info.run_id} KILLED); {lock.dir} is free. "
           "Relaunch to resume: finished stages are skipped, training resumes from last.pt.")

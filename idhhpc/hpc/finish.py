@@ -16,6 +16,7 @@ from pathlib import Path
 import submitit
 
 from idhhpc.config import JobConfig
+from idhhpc.context import LaunchContext, current
 from idhhpc.hpc.chain import job_states
 from idhhpc.hpc.executors import make_executor
 from idhhpc.hpc.jobcall import stage_call
@@ -58,20 +59,21 @@ def finish_chain(config: JobConfig, chain_ids: list[str], token: str) -> str:
     status = chain_status(states)
     log.info("chain %s ended: %s -> MLflow launch run %s %s", ",".join(chain_ids),
              ", ".join(f"{job}={row['State']}" for job, row in sorted(states.items())),
-             config.tracking.parent_run_id, status)
+             current().parent_run_id, status)
     close_launch_run(config, status)
     release_lock(config.work_dir, token)
     return status
 
 
-def submit_finish(config: JobConfig, folder: Path, jobs: list[submitit.Job], token: str) -> submitit.Job:
+def submit_finish(config: JobConfig, folder: Path, jobs: list[submitit.Job], token: str,
+                  context: LaunchContext | None = None) -> submitit.Job:
     """Submit :func:`finish_chain` after every job of the chain (``afterany``), on the first
     stage's partition with the smallest resources."""
     chain_ids = sorted({job.job_id.split("_")[0] for job in jobs}, key=int)
     resources = config.hpc.for_stage("cohort").model_copy(update={
         "nodes": 1, "tasks_per_node": 1, "gpus_per_node": 0, "cpus_per_task": 1, "mem_gb": 1, "time_min": 15})
     executor = make_executor("slurm", folder, resources, f"idhhpc-{STEP}", f"afterany:{':'.join(chain_ids)}")
-    job = executor.submit(stage_call(finish_chain, STEP, 1), config, chain_ids, token)
+    job = executor.submit(stage_call(finish_chain, STEP, 1, context), config, chain_ids, token)
     log.info("%s: submitted %s (afterany:%s): closes the MLflow run and releases the work dir",
              STEP, job.job_id, ":".join(chain_ids))
     return job

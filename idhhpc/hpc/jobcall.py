@@ -31,6 +31,8 @@ from typing import Any, Callable
 
 import submitit
 
+from idhhpc.context import LaunchContext, using
+
 log = logging.getLogger("idhhpc.job")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 STOPPED_EXIT = 75
@@ -91,10 +93,12 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 
 
 class StageCall:
-    """``StageCall(function, step, threads)(config, *task)`` runs ``function(config, *task)`` as a job."""
+    """``StageCall(function, step, threads, context)(config, *task)`` runs ``function(config, *task)``
+    as a job of the launch ``context`` (its MLflow parent run: :mod:`idhhpc.context`)."""
 
-    def __init__(self, function: Callable[..., Any], step: str, threads: int) -> None:
-        self.function, self.step, self.threads = function, step, threads
+    def __init__(self, function: Callable[..., Any], step: str, threads: int,
+                 context: LaunchContext | None = None) -> None:
+        self.function, self.step, self.threads, self.context = function, step, threads, context
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         executor = job_executor()
@@ -105,7 +109,8 @@ class StageCall:
                  where or "no task", _torch_threads(), _purpose(self.function))
         started = time.monotonic()
         try:
-            result = self.function(*args, **kwargs)
+            with using(self.context):
+                result = self.function(*args, **kwargs)
         except BaseException as err:
             log.error("%s: stopped after %.1f s: %s: %s", self.step, time.monotonic() - started,
                       type(err).__name__, str(err).splitlines()[0] if str(err) else "")
@@ -132,14 +137,15 @@ class CheckpointableStageCall(StageCall, submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         inner = self.function.checkpoint(*args, **kwargs)
-        return submitit.helpers.DelayedSubmission(type(self)(inner.function, self.step, self.threads),
+        return submitit.helpers.DelayedSubmission(type(self)(inner.function, self.step, self.threads, self.context),
                                                   *inner.args, **inner.kwargs)
 
 
-def stage_call(function: Callable[..., Any], step: str, threads: int) -> StageCall:
+def stage_call(function: Callable[..., Any], step: str, threads: int,
+               context: LaunchContext | None = None) -> StageCall:
     """The job to submit for ``function``: checkpointable exactly when ``function`` is."""
     kind = CheckpointableStageCall if hasattr(function, "checkpoint") else StageCall
-    return kind(function, step, threads)
+    return kind(function, step, threads, context)
 
 
 def _torch_threads() -> int:

@@ -17,6 +17,7 @@ import submitit
 from tqdm import tqdm
 
 from idhhpc.config import JobConfig
+from idhhpc.context import LaunchContext
 from idhhpc.hpc import interrupts
 from idhhpc.hpc.executors import make_executor, require_sbatch
 from idhhpc.hpc.failures import describe_failure
@@ -48,7 +49,8 @@ OnStart = Callable[[str, submitit.Job], None]
 
 
 def run_locally(steps: list[Step], config: JobConfig, kind: str, folder: Path, progress: bool = True,
-                skip: set[str] | frozenset[str] = frozenset(), on_start: OnStart | None = None) -> list[StepRecord]:
+                skip: set[str] | frozenset[str] = frozenset(), on_start: OnStart | None = None,
+                context: LaunchContext | None = None) -> list[StepRecord]:
     """Run the steps one after another; steps named in ``skip`` are recorded as SKIPPED.
 
     ``on_start(step, job)`` is told of every job as it starts (the work-dir lock records local
@@ -67,16 +69,16 @@ def run_locally(steps: list[Step], config: JobConfig, kind: str, folder: Path, p
         resources = config.hpc.for_stage(step.stage)
         executor = make_executor(kind, folder, resources, f"idhhpc-{step.name}")
         log.info("%s: %d task(s) on the %s executor", step.name, len(tasks), kind)
-        record.results = _run_throttled(executor, step, config, tasks, config.hpc.local_parallelism, record, progress,
-                                        on_start)
+        function = stage_call(step.function, step.name, resources.cpus_per_task, context)
+        record.results = _run_throttled(executor, function, step, config, tasks, config.hpc.local_parallelism, record,
+                                        progress, on_start)
         record.state, record.seconds = "COMPLETED", time.monotonic() - start
         log.info("%s: completed in %.1f s", step.name, record.seconds)
     return records
 
 
-def _run_throttled(executor: submitit.Executor, step: Step, config: JobConfig, tasks: list[tuple],
+def _run_throttled(executor: submitit.Executor, function: Any, step: Step, config: JobConfig, tasks: list[tuple],
                    parallelism: int, record: StepRecord, progress: bool, on_start: OnStart | None) -> list[Any]:
-    function = stage_call(step.function, step.name, config.hpc.for_stage(step.stage).cpus_per_task)
     pending, running, results = list(enumerate(tasks)), [], {}
     bar = tqdm(total=len(tasks), desc=step.name, unit="task", disable=not progress or len(tasks) < 2, leave=False)
     try:
@@ -134,7 +136,8 @@ def _result_or_raise(step: Step, job: submitit.Job, record: StepRecord, config: 
 
 
 def submit_to_slurm(steps: list[Step], config: JobConfig, folder: Path,
-                    skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[StepRecord], list[submitit.Job]]:
+                    skip: set[str] | frozenset[str] = frozenset(),
+                    context: LaunchContext | None = None) -> tuple[list[StepRecord], list[submitit.Job]]:
     """Submit every step not in ``skip`` at once, each depending on its nearest submitted
     predecessors with ``afterok`` (and ``kill_on_invalid_dep``, so a failure cancels its dependents).
 
@@ -154,7 +157,7 @@ def submit_to_slurm(steps: list[Step], config: JobConfig, folder: Path,
                 records.append(StepRecord(step.name, state="COMPLETED"))
                 continue
             dependency = _dependency(_submitted_ancestors(step.name, after, jobs_by_step), jobs_by_step)
-            jobs = submit_step(step, config, folder, dependency)
+            jobs = submit_step(step, config, folder, dependency, context)
             jobs_by_step[step.name] = jobs
             all_jobs += jobs
             records.append(StepRecord(step.name, [j.job_id for j in jobs], [str(j.paths.stdout) for j in jobs],
@@ -165,12 +168,13 @@ def submit_to_slurm(steps: list[Step], config: JobConfig, folder: Path,
     return records, all_jobs
 
 
-def submit_step(step: Step, config: JobConfig, folder: Path, dependency: str | None) -> list[submitit.Job]:
+def submit_step(step: Step, config: JobConfig, folder: Path, dependency: str | None,
+                context: LaunchContext | None = None) -> list[submitit.Job]:
     """One step's job (or job array) on Slurm."""
     resources = config.hpc.for_stage(step.stage)
     executor = make_executor("slurm", folder, resources, f"idhhpc-{step.name}", dependency)
     tasks = step.tasks(config)
-    function = stage_call(step.function, step.name, resources.cpus_per_task)
+    function = stage_call(step.function, step.name, resources.cpus_per_task, context)
     if len(tasks) == 1:
         jobs = [executor.submit(function, config, *tasks[0])]
     else:

@@ -17,6 +17,7 @@ from typing import Iterator
 from mlflow.tracking import MlflowClient
 
 from idhhpc.config import JobConfig
+from idhhpc.context import LaunchContext, current
 from idhhpc.tracking.datasets import cohort_datasets
 from idhhpc.tracking.flatten import flatten_params
 from idhhpc.tracking.identity import run_params
@@ -42,18 +43,16 @@ def tracking_uri(config: JobConfig) -> str:
 
 
 def config_params(config: JobConfig) -> dict[str, str]:
-    """The flattened job config (``train.max_lr``) minus bookkeeping that differs per launch."""
-    raw = json.loads(config.model_dump_json())
-    raw["tracking"].pop("parent_run_id", None)
-    return flatten_params(raw)
+    """The flattened job config (``train.max_lr``); what differs per launch is in the launch context."""
+    return flatten_params(json.loads(config.model_dump_json()))
 
 
 def tracker_for(config: JobConfig) -> Tracker:
     return Tracker(tracking_uri(config), config.tracking.experiment, WorkDir(config.work_dir).tracking_spool)
 
 
-def open_launch_run(config: JobConfig) -> JobConfig:
-    """Create the launch's parent run; return the config that carries its id to every job."""
+def open_launch_run(config: JobConfig, lock_token: str | None = None) -> LaunchContext:
+    """Create the launch's parent run; return the launch context that carries its id to every job."""
     export_git_state()
     uri = tracking_uri(config)
     tracker = tracker_for(config)
@@ -62,23 +61,23 @@ def open_launch_run(config: JobConfig) -> JobConfig:
     tracker.flush()
     if run.run_id is None:
         log.warning("MLflow at %s is unreachable: stage runs will not be grouped under a launch run", uri)
-    tracking = config.tracking.model_copy(update={"uri": uri, "parent_run_id": run.run_id})
-    return config.model_copy(update={"tracking": tracking})
+    return LaunchContext(tracking_uri=uri, parent_run_id=run.run_id, lock_token=lock_token)
 
 
-def close_launch_run(config: JobConfig, status: str) -> None:
+def close_launch_run(config: JobConfig, status: str, context: LaunchContext | None = None) -> None:
     """Mark the launch run ended once its jobs are; a tracking outage only costs a warning.
 
     A launch that did not finish (FAILED, KILLED) also ends its child runs still marked RUNNING:
     a job killed outright (SIGKILL, a node failure, Slurm's time limit) could not end its own.
     """
-    run_id = config.tracking.parent_run_id
+    context = context or current()
+    run_id = context.parent_run_id
     if run_id is None:
         return
     use_short_http_settings()
     quiet_mlflow_links()
     try:
-        client = MlflowClient(tracking_uri(config))
+        client = MlflowClient(context.tracking_uri or tracking_uri(config))
         if status != "FINISHED":
             for child in _running_children(client, run_id):
                 client.set_terminated(child, status)
@@ -116,7 +115,7 @@ def stage_run(config: JobConfig, name: str, role: str | None = None, fold: int |
     role = role or name
     tracker = tracker_for(config)
     params = config_params(config) | run_params(role, fold, **(patients or {}))
-    run = tracker.start_run(name, parent_run_id=config.tracking.parent_run_id, params=params,
+    run = tracker.start_run(name, parent_run_id=current().parent_run_id, params=params,
                             tags=source_tags(role) | {"idhhpc.stage": name, **(tags or {})})
     run.log_inputs(cohort_datasets(config, patients or {}))
     try:
@@ -131,11 +130,11 @@ def stage_run(config: JobConfig, name: str, role: str | None = None, fold: int |
 
 def launch_run(run: RunHandle, config: JobConfig) -> RunHandle | None:
     """The launch (parent) run, through the same tracker as ``run``: None outside a launch."""
-    parent = config.tracking.parent_run_id
+    parent = current().parent_run_id
     return run.tracker.attach(parent) if parent else None
 
 
-def describe_links(config: JobConfig) -> list[str]:
+def describe_links(config: JobConfig, context: LaunchContext | None = None) -> list[str]:
     """What the launcher prints: the UI command (local store) and links that open the runs view."""
     uri = tracking_uri(config)
     lines = [f"MLflow:   {uri}"]
@@ -143,20 +142,20 @@ def describe_links(config: JobConfig) -> list[str]:
     if command:
         lines.append(f"  start the UI: {command}")
     try:
-        lines += _ui_links(config, MlflowClient(uri), ui_base(uri))
+        lines += _ui_links(config, (context or current()).parent_run_id, MlflowClient(uri), ui_base(uri))
     except Exception as err:  # noqa: BLE001 - an unreachable server only loses the links
         log.warning("MLflow at %s did not answer, no links to print: %s", uri, err)
     return lines
 
 
-def _ui_links(config: JobConfig, client: MlflowClient, base: str) -> list[str]:
+def _ui_links(config: JobConfig, parent_run_id: str | None, client: MlflowClient, base: str) -> list[str]:
     experiment = client.get_experiment_by_name(config.tracking.experiment)
     if experiment is None:
         return []
     lines = [f"  runs:         {runs_url(base, experiment.experiment_id)}",
              f"  charts:       {runs_url(base, experiment.experiment_id, charts=True)}"]
-    if config.tracking.parent_run_id:
-        lines += _launch_links(client, base, experiment.experiment_id, config.tracking.parent_run_id)
+    if parent_run_id:
+        lines += _launch_links(client, base, experiment.experiment_id, parent_run_id)
     return lines
 
 

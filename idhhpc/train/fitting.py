@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from idhhpc.atomic import atomic_path, atomic_write_json, sha256_file
-from idhhpc.config import JobConfig, fingerprint
+from idhhpc.config import JobConfig, fingerprint, save_resolved
 from idhhpc.evaluate.calibration import (
     apply_temperature,
     fit_temperature,
@@ -128,9 +128,11 @@ def _train_attempt(config: JobConfig, run_name: str, train_ids: list[str], val_i
         locator = _trained_locator(config, identity["role"], train_ids)
         atomic_write_json(work.selection(run_name), selection)
         export_model(config, result, selection, work.exported_model(run_name), locator)
+        save_resolved(config, work.trained_config(run_name))  # what trained: as the run's MLflow params say
         run.log_metrics({"val/best_auc": selection["val_auc"], "val/threshold": selection["threshold"],
                          "val/temperature": selection["temperature"], "best_epoch": selection["best_epoch"]})
         run.log_artifact(work.selection(run_name))
+        run.log_artifact(work.trained_config(run_name))
         run.log_artifact(work.exported_model(run_name), "model")
         log_training_figure(run, result.history, run_dir)
     return selection

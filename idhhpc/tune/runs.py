@@ -12,6 +12,7 @@ import time
 from typing import Any, Mapping
 
 from idhhpc.config import JobConfig
+from idhhpc.context import current
 from idhhpc.tracking import RunHandle, Tracker
 from idhhpc.tracking.identity import run_params
 from idhhpc.tracking.runs import config_params, tracker_for
@@ -49,7 +50,7 @@ def keyed_run(tracker: Tracker, key: str, name: str, parent_run_id: str | None =
 def open_sweep_run(config: JobConfig) -> tuple[Tracker, RunHandle]:
     """The sweep's parent run, a child of the launch run when the launcher made one."""
     tracker = tracker_for(config)
-    run = keyed_run(tracker, sweep_key(config), "tune", parent_run_id=config.tracking.parent_run_id,
+    run = keyed_run(tracker, sweep_key(config), "tune", parent_run_id=current().parent_run_id,
                     params=config_params(config) | run_params("tune"),
                     tags={"idhhpc.stage": "tune", "idhhpc.kind": "sweep"})
     return tracker, run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -175,3 +176,41 @@ def test_guard_is_what_the_preprocess_step_runs() -> None:
     step = next(s for s in build_steps(["preprocess"]) if s.name == "preprocess")
     assert step.function is preprocess_shard
     assert step.after == ()
+
+
+@pytest.mark.slow
+def test_what_trained_is_what_config_and_mlflow_say_after_tuning_and_the_memory_plan(finished, tmp_path) -> None:
+    """``trained_config.yaml`` beside the model, the fit run's MLflow params and the job inside
+    ``model.pt`` agree, with tuned values and the memory plan applied; ``config.yaml`` stays the
+    job as launched and differs from them only in the keys tuning and the plan set."""
+    import shutil
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from idhhpc import api
+    from idhhpc.tracking.flatten import flatten_params
+    from idhhpc.tuned import write_best_config
+    from idhhpc.workdir import WorkDir
+
+    source, cohort = finished
+    work = tmp_path / "work"
+    shutil.copytree(source, work)
+    config = tiny_config(work, cohort, "train.memory_budget_gb=50", "train.device=cpu")
+    write_best_config(config, {"max_lr": 0.0005, "micro_batch": 1, "accumulate": 4})
+    result = api.launch(config, stages=["fit"], executor="debug")
+    assert [(r.step, r.state) for r in result.steps] == [("fit", "COMPLETED")]
+    paths = WorkDir(work)
+    trained = yaml.safe_load(paths.trained_config("fit").read_text())
+    exported = json.loads(torch.load(paths.exported_model("fit"), weights_only=True)["config"])
+    assert (trained["train"]["max_lr"], trained["train"]["micro_batch"], trained["train"]["accumulate"]) == (
+        0.0005, 4, 1)  # tuned 1 x 4, then the memory plan's 4 x 1
+    assert exported["train"] == trained["train"]
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("idhhpc").experiment_id
+    [run] = [r for r in client.search_runs([experiment]) if r.data.params.get("role") == "fit"
+             and r.data.tags.get("mlflow.parentRunId") == result.context.parent_run_id]
+    assert {k: run.data.params[k] for k in flatten_params(trained)} == flatten_params(trained)
+    launched = yaml.safe_load(paths.resolved_config.read_text())
+    differing = {k for k, v in flatten_params(launched).items() if flatten_params(trained).get(k) != v}
+    assert differing == {"train.max_lr", "train.micro_batch"}  # launched as 2 x 1
