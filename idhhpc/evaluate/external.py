@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from idhhpc.evaluate.calibration import calibration_slope_intercept, expected_ca
 from idhhpc.evaluate.crossval import Scored
 from idhhpc.evaluate.metrics import compute_metrics, predict_labels
 from idhhpc.evaluate.outputs import evaluate_predictions
+from idhhpc.evaluate.segmentation import compartment_dice, mean_dice
 
 HEADLINE_KEYS = ("auc", "f1_weighted", "accuracy")
 SITE_COLUMNS = ("manufacturer", "field_strength", "age")
@@ -63,6 +64,20 @@ class ExternalCohort:
     closest_kept: float = math.nan
     """The highest similarity of a patient the guard kept."""
     harmonise: str = "none"
+    dice: dict[str, float] = field(default_factory=dict)
+    """Mean Dice of the final fit's segmentation on the patients with a mask (a multi-task model only)."""
+
+
+def segmentation_dice(predictor: Any, cases: Iterable[tuple[np.ndarray, np.ndarray | None]]) -> dict[str, float]:
+    """Mean Dice per compartment (and ``n``) of ``predictor``'s segmentation of each (image, tumour
+    mask) pair with a mask; empty when the model does not segment or no patient has a mask."""
+    if not getattr(predictor, "segments", False):
+        return {}
+    rows = []
+    for image, tumor in cases:
+        if tumor is not None and np.any(tumor):
+            rows.append(compartment_dice(predictor.predict_with_segmentation(image)[1], tumor))
+    return {**mean_dice(rows), "n": float(len(rows))} if rows else {}
 
 
 def write_external_report(cohort: ExternalCohort, out_dir: Path, internal: Mapping[str, Any] | None,
@@ -101,7 +116,8 @@ def summarise(cohort: ExternalCohort, internal: Mapping[str, Any] | None, n_resa
                           for m in cohort.models.values()},
                "quarantined": len(cohort.quarantined), "duplicates": len(cohort.duplicates),
                "compared_with": cohort.compared_with, "leakage_threshold": cohort.threshold,
-               "closest_kept_similarity": _number(cohort.closest_kept), "groups": group_rows(cohort, n_resamples, seed)}
+               "closest_kept_similarity": _number(cohort.closest_kept), "groups": group_rows(cohort, n_resamples, seed),
+               "dice": {k: _number(v) for k, v in cohort.dice.items()}}
     if cohort.unharmonised is not None:
         summary["unharmonised_auc"] = _number(compute_metrics(cohort.labels, cohort.unharmonised.probs,
                                                               cohort.unharmonised.threshold)["auc"])
@@ -116,7 +132,8 @@ def mlflow_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
                                              "calibration_intercept")}
     values |= {"auc_ci_low": external["auc_ci"][0], "auc_ci_high": external["auc_ci"][1],
                "auc_drop": summary["auc_drop"], "n": summary["n"], "duplicates": summary["duplicates"],
-               "quarantined": summary["quarantined"], "unharmonised_auc": summary.get("unharmonised_auc")}
+               "quarantined": summary["quarantined"], "unharmonised_auc": summary.get("unharmonised_auc"),
+               "dice_tumor": summary["dice"].get("tumor")}
     return {prefix + key: float(v) for key, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
@@ -164,7 +181,17 @@ def report_sections(cohort: ExternalCohort, summary: Mapping[str, Any], n_resamp
               f"{_fmt(external['calibration_intercept'])} (1 and 0 when calibrated; the logistic recalibration "
               f"logit P(mutant) = a + b logit p on the external patients), Brier {_fmt(external['brier'])}, "
               f"ECE {_fmt(external['ece'])}.", ""]
-    return lines + _group_lines(summary["groups"]) + _guard_lines(cohort) + _quarantine_lines(cohort)
+    return (lines + _dice_lines(summary["dice"]) + _group_lines(summary["groups"]) + _guard_lines(cohort)
+            + _quarantine_lines(cohort))
+
+
+def _dice_lines(dice: Mapping[str, float | None]) -> list[str]:
+    """Only where the model segments and the cohort has masks."""
+    if not dice:
+        return []
+    scores = ", ".join(f"{name} {_fmt(value)}" for name, value in dice.items() if name != "n")
+    return ["## Segmentation", "", f"Mean Dice of the final fit's segmentation on the {int(dice['n'])} patients "
+            f"with a tumour mask: {scores}.", ""]
 
 
 def _group_lines(groups: Sequence[Mapping[str, Any]]) -> list[str]:

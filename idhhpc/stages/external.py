@@ -21,10 +21,18 @@ from idhhpc.atomic import atomic_write_text
 from idhhpc.config import ExternalCohortConfig, JobConfig
 from idhhpc.data import cohort as ingest
 from idhhpc.data import egd, harmonise, leakage
-from idhhpc.data.dataset import ShardDataset
+from idhhpc.data.dataset import ShardDataset, read_case
+from idhhpc.devices import resolve_device
 from idhhpc.data.splits import load_splits, non_test_patients
 from idhhpc.data.ucsf_pdgm import find_metadata_csv
-from idhhpc.evaluate.external import ExternalCohort, ModelScores, mlflow_metrics, write_external_report
+from idhhpc.evaluate.external import (
+    ExternalCohort,
+    ModelScores,
+    mlflow_metrics,
+    segmentation_dice,
+    write_external_report,
+)
+from idhhpc.predictor import Predictor
 from idhhpc.stages.cohort import run_cohort
 from idhhpc.stages.evaluate import score_models
 from idhhpc.stages.fit import RUN_NAME as FIT_RUN
@@ -93,7 +101,8 @@ def score_cohort(config: JobConfig, cohort: ExternalCohortConfig, job: JobConfig
     if not screening.kept:
         raise ValueError(f"external cohort {cohort.name}: no patient left to score; see {external.quarantine}")
     raw = ShardDataset(external.index, screening.kept)
-    scored = score_models(config, scoring_dataset(config, cohort, external, screening.kept) or raw)
+    dataset = scoring_dataset(config, cohort, external, screening.kept) or raw
+    scored = score_models(config, dataset)
     models = {name: ModelScores(name, s.probs, s.threshold) for name, s in scored.items()}
     headline = config.evaluate.ensemble if config.evaluate.ensemble in models else FIT_RUN
     unharmonised = None
@@ -103,8 +112,19 @@ def score_cohort(config: JobConfig, cohort: ExternalCohortConfig, job: JobConfig
     report = ExternalCohort(cohort.name, list(raw.patient_ids), raw.labels, models, headline, unharmonised,
                             read_sites(external), ingest.read_quarantine(external.quarantine), screening.duplicates,
                             screening.compared_with, screening.threshold, screening.closest_kept, cohort.harmonise)
+    report.dice = fit_dice(config, external, dataset, screening.kept)
     internal = json.loads(work.metrics.read_text()) if work.metrics.is_file() else None
     return write_external_report(report, external.reports, internal, config.evaluate.bootstrap, config.seed)
+
+
+def fit_dice(config: JobConfig, external: WorkDir, dataset, kept: list[str]) -> dict[str, float]:
+    """Dice of the final fit's segmentation where it segments (``model.head``) and masks exist."""
+    export = WorkDir(config.work_dir).exported_model(FIT_RUN)
+    if not export.is_file():
+        return {}
+    predictor = Predictor.load(export, resolve_device(config.train.device))
+    pairs = ((dataset[i]["image"].numpy(), read_case(external.index, pid).tumor) for i, pid in enumerate(kept))
+    return segmentation_dice(predictor, pairs)
 
 
 def scoring_dataset(config: JobConfig, cohort: ExternalCohortConfig, external: WorkDir, kept: list[str]):

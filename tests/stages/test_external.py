@@ -91,3 +91,25 @@ def test_calibration_slope_is_one_for_calibrated_probabilities():
     assert slope == pytest.approx(1.0, abs=0.15) and intercept == pytest.approx(0.0, abs=0.15)
     over, _ = calibration_slope_intercept(labels, 1 / (1 + np.exp(-3 * np.log(probs / (1 - probs)))))
     assert over < 0.5  # over-confident probabilities have a slope below one
+
+
+@pytest.mark.parametrize("head", ["classify", "segment+classify"])
+def test_dice_is_reported_only_where_the_model_segments(tmp_path, head):
+    import torch
+
+    from idhhpc.config import load_job
+    from idhhpc.evaluate.external import segmentation_dice
+    from idhhpc.model.network import build_network
+    from idhhpc.predictor import Predictor
+
+    config = load_job(None, [f"work_dir={tmp_path}", "preprocess.size=32", f"model.head={head}"])
+    predictor = Predictor(build_network(config).eval(), torch.device("cpu"), config, 0.5, "f1", 0.5, "fit")
+    rng = np.random.default_rng(0)
+    tumor = np.zeros((32, 32, 32), np.uint8)
+    tumor[10:20, 10:20, 10:20] = 2
+    cases = [(rng.normal(size=(4, 32, 32, 32)).astype(np.float32), tumor), (np.zeros((4, 32, 32, 32), np.float32), None)]
+    dice = segmentation_dice(predictor, cases)
+    if head == "classify":
+        assert dice == {}
+    else:
+        assert dice["n"] == 1 and 0.0 <= dice["tumor"] <= 1.0
