@@ -54,3 +54,8 @@ class CaseRejected(Exception):
 
     def __reduce__(self):
         return (CaseRejected, (self.patient_id, self.reason))
+
+
+class TooFewPatients(RuntimeError):
+    """Fewer usable patients than ``data.min_patients`` (after ingestion or preprocessing): the
+    summary says why."""

@@ -108,6 +108,22 @@ def _multitask_lines(summary: Mapping[str, object]) -> list[str]:
     return lines
 
 
+def models_table(rows: Sequence[tuple[str, str, float, float, float]]) -> list[str]:
+    """The test set's models: ``(title, AUC text, accuracy, weighted F1, threshold)`` per row."""
+    lines = ["| model | test AUC [95 % CI] | accuracy | F1 (weighted) | threshold |", "| --- | --- | --- | --- | --- |"]
+    return lines + [f"| {title} | {auc} | {accuracy:.3f} | {f1:.3f} | {threshold:.3f} |"
+                    for title, auc, accuracy, f1, threshold in rows]
+
+
+def scorers_table(headline: str, rows: Sequence[tuple[str, str]]) -> list[str]:
+    """The reference scorers on the same test patients: ``(name, AUC text)`` after the headline's."""
+    if not rows:
+        return []
+    lines = ["On the same test patients:", "", "| scorer | test AUC [95 % CI] |", "| --- | --- |",
+             f"| headline model | {headline} |"]
+    return lines + [f"| {name} | {auc} |" for name, auc in rows]
+
+
 def cross_validation_section(summary: Mapping[str, object]) -> list[str]:
     """Markdown for the out-of-fold figures (a ``CrossValidationSummary.to_dict()``): the network,
     the classical baseline and the Bayes optimum on the same patients, and what separates them."""

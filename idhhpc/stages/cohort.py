@@ -13,6 +13,7 @@ from pathlib import Path
 from idhhpc.config import JobConfig
 from idhhpc.data import cohort as ingest
 from idhhpc.data import egd
+from idhhpc.data.cases import TooFewPatients
 from idhhpc.data.ucsf_pdgm import METADATA_GLOB
 from idhhpc.phantoms import generate_cohort
 from idhhpc.phantoms.cohort import GENERATOR_VERSION
@@ -21,10 +22,6 @@ from idhhpc.stages.step import Step
 from idhhpc.workdir import WorkDir
 
 log = logging.getLogger(__name__)
-
-
-class TooFewPatients(RuntimeError):
-    """Fewer usable patients than ``data.min_patients``: the summary says why."""
 
 
 @dataclass

@@ -10,17 +10,13 @@ for phantom cohorts, the Bayes-optimal score on the same patients.
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 import numpy as np
 
 from idhhpc.atomic import atomic_write_json, atomic_write_text
 from idhhpc.config import JobConfig
-from idhhpc.data.clinical import read_covariates
-from idhhpc.data.oracle import load_oracle
 from idhhpc.data.splits import load_splits, non_test_patients, splits_fingerprint
-from idhhpc.evaluate import baseline, fusion
 from idhhpc.evaluate.crossval import (
     CrossValidationSummary,
     OutOfFold,
@@ -28,6 +24,13 @@ from idhhpc.evaluate.crossval import (
     pool_folds,
 )
 from idhhpc.evaluate.plots import plot_roc_comparison
+from idhhpc.evaluate.scorers import (
+    BASELINE,
+    ORACLE,
+    clinical_fused_name,
+    clinical_only_name,
+    out_of_fold_references,
+)
 from idhhpc.evaluate.report import cross_validation_section
 from idhhpc.evaluate.thresholds import choose_threshold
 from idhhpc.stages.checks import newer, same_sections, training_finished
@@ -36,16 +39,9 @@ from idhhpc.tracking.runs import stage_run
 from idhhpc.train.fitting import train_run
 from idhhpc.train.preemption import TrainingJob
 from idhhpc.train.stopping import StopRequest
-from idhhpc.workdir import WorkDir
-
-log = logging.getLogger(__name__)
+from idhhpc.workdir import WorkDir, fold_run_name
 
 ROC_FIGURE = "oof_roc.png"
-BASELINE, ORACLE = "classical baseline", "Bayes optimum"
-
-
-def fold_run_name(fold: int) -> str:
-    return f"fold-{fold}"
 
 
 def fold_tasks(config: JobConfig) -> list[tuple]:
@@ -66,7 +62,7 @@ def run_cv_summary(config: JobConfig) -> dict[str, Any]:
     with stage_run(config, "cv-summary") as run:
         selections = [json.loads(work.selection(fold_run_name(f)).read_text()) for f in range(config.split.folds)]
         oof = pool_folds(selections, non_test_patients(splits))
-        curves = comparison_scores(config, splits, oof)
+        curves = out_of_fold_references(config, splits, oof)
         summary = summarise(config, splits, oof, selections, curves)
         atomic_write_text(work.oof_predictions, oof.csv_text())
         atomic_write_json(work.cv_summary, summary.to_dict())
@@ -75,46 +71,6 @@ def run_cv_summary(config: JobConfig) -> dict[str, Any]:
         for path in (work.oof_predictions, work.cv_summary, work.cv_reports / ROC_FIGURE):
             run.log_artifact(path, "cv")
     return summary.to_dict()
-
-
-def comparison_scores(config: JobConfig, splits: dict[str, Any], oof: OutOfFold) -> dict[str, list[float]]:
-    """Scores of the same patients by the classical baseline on the same folds (when tumour masks
-    exist) and by the Bayes optimum (when the phantom cohort knows it for every one of them)."""
-    scores: dict[str, list[float]] = {}
-    features = baseline.tumour_features(WorkDir(config.work_dir).index, oof.patient_ids)
-    if (features == features).any():
-        probs = baseline.out_of_fold_probabilities(dict(zip(oof.patient_ids, features)), splits["labels"],
-                                                   splits["folds"], config.seed)
-        scores[BASELINE] = [probs[pid] for pid in oof.patient_ids]
-    oracle = load_oracle(config)
-    if oracle and all(pid in oracle for pid in oof.patient_ids):
-        scores[ORACLE] = [oracle[pid] for pid in oof.patient_ids]
-    return scores | clinical_scores(config, oof)
-
-
-def clinical_scores(config: JobConfig, oof: OutOfFold) -> dict[str, list[float]]:
-    """With ``evaluate.clinical``: the covariates alone and fused with the network, each
-    cross-fitted on the same folds (see :mod:`idhhpc.evaluate.fusion`)."""
-    names = config.evaluate.clinical
-    if not names:
-        return {}
-    covariates = read_covariates(config, oof.patient_ids)
-    labels, folds = np.asarray(oof.labels), np.asarray(oof.folds)
-    try:
-        alone = fusion.cross_fitted(fusion.design(None, covariates), labels, folds)
-        fused = fusion.cross_fitted(fusion.design(np.asarray(oof.probs), covariates), labels, folds)
-    except ValueError as err:  # the other folds of some fold hold one class only
-        log.warning("evaluate.clinical: no out-of-fold clinical figures (%s)", err)
-        return {}
-    return {clinical_only_name(names): alone.tolist(), clinical_fused_name(names): fused.tolist()}
-
-
-def clinical_only_name(names: list[str]) -> str:
-    return f"{' + '.join(names)} alone"
-
-
-def clinical_fused_name(names: list[str]) -> str:
-    return f"network + {' + '.join(names)}"
 
 
 def summarise(config: JobConfig, splits: dict[str, Any], oof: OutOfFold, selections: list[dict[str, Any]],

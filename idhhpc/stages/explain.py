@@ -19,12 +19,10 @@ from idhhpc.devices import resolve_device
 from idhhpc.explain.explainer import explain_cases
 from idhhpc.predictor import Predictor
 from idhhpc.stages.checks import newer, same_sections
-from idhhpc.stages.cv import fold_run_name
-from idhhpc.stages.fit import RUN_NAME as FIT_RUN
 from idhhpc.stages.step import Step
 from idhhpc.tracking.records import log_explanation
 from idhhpc.tracking.runs import stage_run
-from idhhpc.workdir import WorkDir
+from idhhpc.workdir import FIT_RUN, WorkDir, fold_run_name
 
 GALLERY_LINK = "\n## Explanations\n\nGrad-CAM gallery of the test patients: [explain/gallery.md](explain/gallery.md) " \
                "([HTML](explain/gallery.html)); statistics in `explain/cam_statistics.json`.\n"

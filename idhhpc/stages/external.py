@@ -25,6 +25,7 @@ from idhhpc.data.dataset import ShardDataset, read_case
 from idhhpc.devices import resolve_device
 from idhhpc.data.splits import load_splits, non_test_patients
 from idhhpc.data.ucsf_pdgm import find_metadata_csv
+from idhhpc.evaluate.exported import score_models
 from idhhpc.evaluate.external import (
     ExternalCohort,
     ModelScores,
@@ -34,13 +35,11 @@ from idhhpc.evaluate.external import (
 )
 from idhhpc.predictor import Predictor
 from idhhpc.stages.cohort import run_cohort
-from idhhpc.stages.evaluate import score_models
-from idhhpc.stages.fit import RUN_NAME as FIT_RUN
 from idhhpc.stages.preprocess import count_shards, run_merge_index, run_preprocess_shard
 from idhhpc.stages.step import Step
 from idhhpc.tracking.records import log_external
 from idhhpc.tracking.runs import stage_run
-from idhhpc.workdir import WorkDir
+from idhhpc.workdir import FIT_RUN, WorkDir
 
 log = logging.getLogger(__name__)
 

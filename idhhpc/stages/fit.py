@@ -16,9 +16,8 @@ from idhhpc.stages.step import Step
 from idhhpc.train.fitting import train_run
 from idhhpc.train.preemption import TrainingJob
 from idhhpc.train.stopping import StopRequest
+from idhhpc.workdir import FIT_RUN as RUN_NAME
 from idhhpc.workdir import WorkDir
-
-RUN_NAME = "fit"
 
 
 def _fit(config: JobConfig, stop: StopRequest | None = None) -> dict[str, Any]:

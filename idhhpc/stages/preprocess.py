@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from idhhpc.config import JobConfig
 from idhhpc.data import cohort as ingest
 from idhhpc.data import egd
-from idhhpc.data.cases import CaseFiles
+from idhhpc.data.cases import CaseFiles, TooFewPatients
 from idhhpc.data.dataset import verify_shards
 from idhhpc.data.preprocess import settings_hash
 from idhhpc.data.shards import (
@@ -28,7 +28,6 @@ from idhhpc.data.shards import (
     sidecar_inputs,
 )
 from idhhpc.stages.checks import newer, same_sections
-from idhhpc.stages.cohort import TooFewPatients
 from idhhpc.stages.step import Step
 from idhhpc.workdir import WorkDir
 

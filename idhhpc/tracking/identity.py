@@ -18,7 +18,7 @@ ROLES = ("launch", "cv", "cv-summary", "fit", "evaluate", "explain", "tune", "tr
 """The roles runs have today; a stage run's role defaults to its stage name."""
 FIT_RUN = "fit"
 _FOLD_RUN = re.compile(r"fold-(\d+)")
-"""The training run names of ``idhhpc.stages.cv.fold_run_name`` and ``idhhpc.stages.fit.RUN_NAME``
+"""The training run names of ``idhhpc.workdir.fold_run_name`` and ``idhhpc.workdir.FIT_RUN``
 (``tests/tracking/test_identity.py`` checks they agree)."""
 
 
