@@ -35,7 +35,8 @@ def trained(tmp_path_factory):
     generate_cohort(data_root, 16, seed=3, shape=PHANTOM_SHAPE, mutant_fraction=0.4, progress=False)
     config = load_job(None, [f"work_dir={base / 'work'}", f"data.root={data_root}", "data.phantom=null",
                              "data.min_patients=8", "preprocess.size=32", "preprocess.shard_size=8",
-                             "split.folds=2", "model.variant=b0", "model.trainable_stages=1",
+                             "split.folds=2", "model.variant=b0", "model.trainable_stages=1", "model.head=classify",
+                             "preprocess.locator=false",
                              "train.epochs=1", "train.micro_batch=2", "train.accumulate=1", "train.num_workers=0",
                              "train.device=cpu", "evaluate.bootstrap=100"])
     run_in_process(config, ["cohort", "preprocess", "split", "fit", "evaluate"])
