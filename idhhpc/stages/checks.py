@@ -14,6 +14,7 @@ import torch
 
 from idhhpc.config import JobConfig
 from idhhpc.train.fitting import run_identity
+from idhhpc.train.takeoff import attempt_identity, read_attempts
 from idhhpc.tuned import apply_tuned
 from idhhpc.workdir import WorkDir
 
@@ -46,5 +47,6 @@ def training_finished(config: JobConfig, previous: JobConfig | None, run_name: s
             config.evaluate.calibration, config.evaluate.threshold):
         return False  # rerunning only recomputes them: the finished training resumes at its end
     last = torch.load(work.last_checkpoint(run_name), map_location="cpu", weights_only=True, mmap=True)
-    identity = run_identity(apply_tuned(config), split["train"], split["val"])
+    attempt = len(read_attempts(work.checkpoints(run_name)))  # the take-off rule's restarts, if any
+    identity = attempt_identity(run_identity(apply_tuned(config), split["train"], split["val"]), attempt)
     return last.get("config_hash") == identity and bool(last["progress"]["finished"])

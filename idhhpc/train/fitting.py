@@ -33,7 +33,14 @@ from idhhpc.train import distributed
 from idhhpc.train.checkpoint import load_checkpoint
 from idhhpc.train.prefix_cache import cache_sections, training_inputs
 from idhhpc.train.stopping import StopRequest
-from idhhpc.train.takeoff import NoTakeOff, TakeoffRule, attempt_seed, read_attempts, record_failure
+from idhhpc.train.takeoff import (
+    NoTakeOff,
+    TakeoffRule,
+    attempt_identity,
+    attempt_seed,
+    read_attempts,
+    record_failure,
+)
 from idhhpc.train.trainer import TrainResult, train
 from idhhpc.tuned import apply_tuned
 from idhhpc.workdir import WorkDir
@@ -104,7 +111,7 @@ def _train_attempt(config: JobConfig, run_name: str, train_ids: list[str], val_i
     config_hash = run_identity(config, train_ids, val_ids)  # before the memory plan: config, data and patients
     if attempt:
         config = config.model_copy(update={"seed": attempt_seed(config.seed, attempt)})
-        config_hash = fingerprint([config_hash, attempt])
+        config_hash = attempt_identity(config_hash, attempt)
     network, train_ds, val_ds = training_inputs(config, train_ids, val_ids)  # from the feature cache if usable
     config = fit_to_memory_budget(config, network, train_ds)
     restart = _made_by_other_config(work.last_checkpoint(run_name), config_hash)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from idhhpc.atomic import atomic_write_json
-from idhhpc.config import TrainConfig
+from idhhpc.config import TrainConfig, fingerprint
 from idhhpc.train.seeding import derive_seed
 
 TAKEOFF_STREAM = 7
@@ -57,6 +57,12 @@ class TakeoffRule:
 def attempt_seed(seed: int, attempt: int) -> int:
     """The job's seed for attempt 0; a derived one for each restart."""
     return seed if attempt == 0 else derive_seed(seed, TAKEOFF_STREAM, attempt) % 2**31
+
+
+def attempt_identity(identity: str, attempt: int) -> str:
+    """A run's checkpoint identity for one attempt: attempt 0 keeps the run's own, so a run that
+    takes off is the run without the rule; a restart never resumes another attempt's last.pt."""
+    return identity if attempt == 0 else fingerprint([identity, attempt])
 
 
 def read_attempts(run_dir: Path) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ from idhhpc.constants import MODEL_FILE, SEGMENTATION_FILE, TUMOR_MASK_SUFFIX
 from idhhpc.data.splits import load_splits
 from idhhpc.phantoms import generate_cohort
 from idhhpc.predict import main as predict_main
+from idhhpc.stages import cv as cv_stage
 from idhhpc.train.takeoff import TAKEOFF_FILE
 from idhhpc.workdir import WorkDir
 from tests.support.pipeline import run_in_process
@@ -135,3 +136,5 @@ def test_a_fold_that_cannot_learn_is_restarted_and_counted(tmp_path, cohort):
         assert selection["takeoff"]["attempts"] == 2 and selection["takeoff"]["seed"] != config.seed
         assert len(selection["history"]) == 2  # the last attempt trains to the end
     assert json.loads(work.cv_summary.read_text())["takeoff_restarts"] == [1, 1]
+    fold_step = next(step for step in cv_stage.STEPS if step.name == "cv")
+    assert fold_step.outputs_verify(config, config)  # a restarted run is finished: a relaunch skips it
