@@ -40,7 +40,7 @@ LEARNING_JOB = ["preprocess.size=32", "preprocess.shard_size=16", "preprocess.ro
                 "model.freeze_batchnorm=true", "model.tta=none", "train.ema_decay=0", "train.loss=ce",
                 "train.max_lr=0.001", "train.augment=off",
                 "train.epochs=8", "train.micro_batch=4", "train.accumulate=1", "train.num_workers=0",
-                "train.device=cpu", "explain.layer=net._blocks.2"]
+                "train.device=cpu", "explain.layer=net._blocks.2", "model.head=classify", "preprocess.locator=false"]
 
 
 @pytest.fixture(scope="module")
