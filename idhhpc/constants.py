@@ -30,6 +30,9 @@ MAX_VOXELS = 2**26
 """Default ``preprocess.max_voxels``: the largest NIfTI volume read, and the largest cube its
 longest side may pad to (a 406³ cube, 256 MiB per float32 file; a UCSF-PDGM volume, 240x240x155,
 pads to a 240³ cube, a fifth of it). Files whose header claims more are refused unread."""
+PATIENT_ROOTS_VARIABLE = "IDHHPC_PATIENT_ROOTS"
+"""The folders (``os.pathsep``-separated) a served model may read ``patient_dir`` inputs from;
+unset, it reads none (``idhhpc/data/roots.py``)."""
 BRAIN_MASK_SUFFIX = "brain_segmentation"
 TUMOR_MASK_SUFFIX = "tumor_segmentation"
 

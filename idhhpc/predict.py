@@ -26,7 +26,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import nibabel as nib
 import numpy as np
@@ -153,8 +153,10 @@ def patient_id_of(folder: Path) -> str:
         raise InvalidInput(f"{folder}: folder name does not give a usable patient id: {err}") from None
 
 
-def find_patient_files(folder: Path, predictor: Predictor, tumor_mask: Path | None = None) -> CaseFiles:
-    """The patient's modalities (and masks) found and checked exactly as cohort ingestion does."""
+def find_patient_files(folder: Path, predictor: Predictor, tumor_mask: Path | None = None,
+                       confine: Callable[[Path], Path] | None = None) -> CaseFiles:
+    """The patient's modalities (and masks) found and checked exactly as cohort ingestion does;
+    ``confine`` maps each file found to the path to read before it is read (the served model's roots)."""
     if not folder.is_dir():
         raise InvalidInput(f"{folder}: patient folder not found")
     if tumor_mask is not None and not Path(tumor_mask).is_file():
@@ -162,7 +164,7 @@ def find_patient_files(folder: Path, predictor: Predictor, tumor_mask: Path | No
     config = predictor.config
     case, problem = case_from_folder(patient_id_of(folder), None, folder, config.data.modalities,
                                      config.data.use_bias_corrected, config.preprocess.affine_atol,
-                                     tumor_mask=tumor_mask)
+                                     tumor_mask=tumor_mask, max_voxels=config.preprocess.max_voxels, confine=confine)
     if case is None:
         raise InvalidInput(problem)
     if config.preprocess.roi == "tumor" and case.tumor_mask is None and predictor.locator is None:

@@ -4,9 +4,12 @@
 ``mlflow models predict|serve -m models:/idhhpc-idh-b7/1 --env-manager local`` answer
 ``prob_mutant`` and ``label`` for
 
-- ``patient_dir``: a patient folder on a file system the server sees, found, checked and
-  preprocessed exactly as ``python -m idhhpc.predict`` does (the same functions), or
+- ``patient_dir``: a patient folder inside the roots named by ``IDHHPC_PATIENT_ROOTS`` on the
+  server, found, checked and preprocessed exactly as ``python -m idhhpc.predict`` does (the same
+  functions), or
 - ``image``: a preprocessed (C, S, S, S) volume as the shards hold it, as nested lists.
+
+What each input must be, and what a client is told when it is not: :mod:`idhhpc.tracking.serving`.
 
 The class is pickled by reference (``idhhpc.tracking.model.IdhModel``), so the model loads
 where idhhpc is installed, which is what ``--env-manager local`` uses. The model is logged with
@@ -34,8 +37,9 @@ from mlflow.types.schema import Array, ColSpec, Schema
 import mlflow
 from idhhpc.config import JobConfig
 from idhhpc.constants import CLASS_NAMES
-from idhhpc.predict import find_patient_files, preprocess_patient, using_tracking_uri
-from idhhpc.predictor import Predictor, read_export
+from idhhpc.predict import using_tracking_uri
+from idhhpc.predictor import Predictor, predicted_labels, read_export
+from idhhpc.tracking.serving import BadRequest, answering_clients, checked_image, confined_patient
 
 MODEL_ARTIFACT = "model"
 """Key of the export among the MLflow model's artifacts (``artifacts/model.pt`` in its folder)."""
@@ -59,19 +63,20 @@ class IdhModel(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor.load(context.artifacts[MODEL_ARTIFACT], device)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        probs = [self.prob_mutant(row) for row in model_input.to_dict(orient="records")]
-        labels = [f"IDH-{CLASS_NAMES[int(p >= self.predictor.threshold)]}" for p in probs]
+        """Refusals are HTTP 400 without server paths, failures 500 (:mod:`idhhpc.tracking.serving`)."""
+        with answering_clients():
+            probs = [self.prob_mutant(row) for row in model_input.to_dict(orient="records")]
+            labels = [f"IDH-{CLASS_NAMES[c]}" for c in predicted_labels(probs, self.predictor.threshold)]
         return pd.DataFrame({"prob_mutant": np.asarray(probs, dtype=np.float64), "label": labels})
 
     def prob_mutant(self, row: Mapping[str, Any]) -> float:
         image = row.get("image")
         if image is not None and not _missing(image):
-            return self.predictor.predict_image(np.asarray(image, dtype=np.float32))
+            return self.predictor.predict_image(checked_image(image, self.predictor))
         folder = row.get("patient_dir")
         if folder is None or _missing(folder):
-            raise ValueError("each input row needs a 'patient_dir' (a patient folder) or an 'image' (C, S, S, S)")
-        case = preprocess_patient(find_patient_files(Path(folder), self.predictor), self.predictor)
-        return self.predictor.predict_image(case.image)
+            raise BadRequest("each input row needs a 'patient_dir' (a patient folder) or an 'image' (C, S, S, S)")
+        return self.predictor.predict_image(confined_patient(folder, self.predictor))
 
 
 def log_registered_model(config: JobConfig, tracking_uri: str, run_id: str, export: Path) -> ModelVersion:

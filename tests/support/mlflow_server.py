@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -109,3 +110,70 @@ def _wait_port_free(port: int, timeout_s: float = 10.0) -> None:
             if sock.connect_ex((HOST, port)) != 0:
                 return
         time.sleep(0.1)
+
+
+class ModelServer:
+    """``mlflow models serve`` of a local pyfunc folder on 127.0.0.1, in idhhpc's environment
+    (``--env-manager local``; ``serve`` starts the ``uvicorn`` found first on ``PATH``)."""
+
+    def __init__(self, model_dir: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.model_dir, self.log_path = Path(model_dir), Path(log_path)
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+                    "OMP_NUM_THREADS": "1", **(env or {})}
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 180.0) -> "ModelServer":
+        command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", str(self.model_dir), "--env-manager",
+                   "local", "-h", HOST, "-p", str(self.port), "-w", "1"]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                            env=self.env)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.5)
+        self.stop()
+        raise RuntimeError(f"mlflow models serve on {self.url} did not answer /ping:\n"
+                           f"{self.log_path.read_text(errors='replace')[-3000:]}")
+
+    def invoke(self, payload: bytes) -> tuple[int, str]:
+        """POST ``payload`` (JSON) to ``/invocations``: the status and the reply's text."""
+        request = urllib.request.Request(f"{self.url}/invocations", data=payload,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode()
+
+    def peak_rss_mib(self) -> float:
+        """The largest high-water resident memory (VmHWM) among the server's processes."""
+        peaks = []
+        for status in Path("/proc").glob("[0-9]*/status"):
+            try:
+                text = status.read_text()
+                if os.getpgid(int(status.parent.name)) != self.process.pid:
+                    continue
+            except (OSError, ProcessLookupError):
+                continue
+            peaks += [int(line.split()[1]) / 1024 for line in text.splitlines() if line.startswith("VmHWM:")]
+        return max(peaks, default=0.0)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        _signal_group(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            _signal_group(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        _signal_group(self.process.pid, signal.SIGKILL)
+        _wait_port_free(self.port)

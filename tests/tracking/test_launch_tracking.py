@@ -23,6 +23,7 @@ import mlflow
 from idhhpc.atomic import sha256_file
 from idhhpc.data.dataset import read_case
 from idhhpc.data.splits import load_splits
+from idhhpc.constants import PATIENT_ROOTS_VARIABLE
 from idhhpc.predict import PREDICTION_FILE
 from idhhpc.predict import main as predict_main
 from idhhpc.predictor import read_export
@@ -185,7 +186,8 @@ def test_mlflow_models_predict_matches_the_predict_command(served):
     request = served["tmp"] / "request.json"
     request.write_text(json.dumps({"dataframe_split": {"columns": ["patient_dir"], "data": [[str(served["folder"])]]}}))
     answer = served["tmp"] / "answer.json"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": served["url"], "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": served["url"], "OMP_NUM_THREADS": "1",
+           PATIENT_ROOTS_VARIABLE: str(served["folder"].parent)}
     subprocess.run([sys.executable, "-m", "mlflow", "models", "predict", "-m", served["uri"], "-i", str(request),
                     "-t", "json", "-o", str(answer), "--env-manager", "local"], env=env, check=True,
                    capture_output=True, timeout=600)
