@@ -39,8 +39,12 @@ STOPPED_EXIT = 75
 """Exit status of a job that stopped on request (EX_TEMPFAIL: run it again to resume)."""
 
 
-class StageInterrupted(Exception):
-    """A local job was asked to stop (the launcher got Ctrl-C or SIGTERM)."""
+class StageInterrupted(BaseException):
+    """A local job was asked to stop (the launcher got Ctrl-C or SIGTERM).
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: a stop is not an error, and the handlers
+    that turn one patient's error into that patient's rejection (``except Exception``) must not
+    quarantine the patients a stop happened to interrupt and write the shard as complete."""
 
 
 def job_executor() -> str | None:

@@ -128,6 +128,31 @@ def test_one_patients_unexpected_error_quarantines_that_patient_only(tmp_path, m
     assert report.n_written == len(planned) - 1
 
 
+def test_a_stop_mid_shard_is_no_patients_rejection(tmp_path, monkeypatch) -> None:
+    """The launcher's SIGTERM reaches a preprocessing job as StageInterrupted: the shard stops
+    unwritten, it does not quarantine the patient being read and carry on."""
+    from idhhpc.data import shards
+    from idhhpc.hpc.jobcall import StageInterrupted
+    from idhhpc.stages.cohort import run_cohort
+    from idhhpc.stages.preprocess import shard_plan
+
+    config = tiny_config(tmp_path / "work", tmp_path / "cohort", "data.phantom.patients=8",
+                         "data.phantom.shape=[24, 24, 16]", "data.min_patients=2")
+    run_cohort(config)
+    victim = [case.patient_id for case in shard_plan(config)[0]][1]
+    real = shards.preprocess_case
+
+    def stopped(case, settings):
+        if case.patient_id == victim:
+            raise StageInterrupted("stopped by SIGTERM (the launch was interrupted)")
+        return real(case, settings)
+
+    monkeypatch.setattr(shards, "preprocess_case", stopped)
+    with pytest.raises(StageInterrupted):
+        preprocess_shard(config, 0)
+    assert not list((tmp_path / "work" / "shards").glob("shard-*"))
+
+
 def test_a_failed_shard_names_its_patients(tmp_path, monkeypatch) -> None:
     from idhhpc.data import shards
     from idhhpc.stages.cohort import run_cohort

@@ -32,7 +32,9 @@ REPO = Path(__file__).resolve().parents[2]
 THREADS = 2
 """Torch threads of every run compared (in-process, local jobs and Slurm jobs alike): float sums
 depend on the thread count, so runs with different counts differ in the last bits."""
-FAULT_OVERRIDES = ["train.epochs=4", f"hpc.resources.cpus_per_task={THREADS}"]
+FAULT_OVERRIDES = ["train.epochs=4", f"hpc.resources.cpus_per_task={THREADS}",
+                   # The default job gives cv and preprocess a core each; pin them too.
+                   f"hpc.stages.cv.cpus_per_task={THREADS}", f"hpc.stages.preprocess.cpus_per_task={THREADS}"]
 RUN_NAMES = ("fold-0", "fold-1", "fit")
 PREFIX = ("cohort", "shards", "splits.json", "config.yaml")
 """What stages cohort, preprocess and split leave: a work dir where cv is the first step to run."""
