@@ -135,10 +135,13 @@ def _sources(config: JobConfig) -> list[Path]:
 
 
 def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
-    """The manifest is newer than its sources, the ``data`` section has not changed, and a
+    """The manifest is newer than its sources, the ``data`` section and the header cap
+    (``preprocess.max_voxels``, which the step checks headers against) have not changed, and a
     phantom cohort is the current generator's."""
     work, sources = WorkDir(config.work_dir), _sources(config)
+    same_cap = previous is not None and previous.preprocess.max_voxels == config.preprocess.max_voxels
     return (bool(sources) and all(p.is_file() for p in sources) and same_sections(config, previous, "data")
+            and same_cap
             and newer(work.manifest, *sources) and work.quarantine.is_file() and _phantom_or_real_data(config))
 
 

@@ -50,6 +50,14 @@ def test_a_cohort_from_an_older_generator_does_not_verify_and_is_regenerated(tmp
     assert (tmp_path / "cohort" / "oracle.csv").is_file() and outputs_verify(config, config)  # ... which redraws it
 
 
+def test_a_changed_header_cap_reruns_the_step(tmp_path):
+    """The step quarantines by ``preprocess.max_voxels``: raising it must recheck the headers."""
+    config = job(tmp_path)
+    run_cohort(config)
+    assert outputs_verify(config, config)
+    assert not outputs_verify(job(tmp_path, f"preprocess.max_voxels={config.preprocess.max_voxels * 2}"), config)
+
+
 def test_refuses_to_overwrite_real_data_with_phantoms(tmp_path):
     (tmp_path / "cohort").mkdir()
     (tmp_path / "cohort" / "precious.txt").write_text("real data")

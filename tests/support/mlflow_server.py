@@ -55,16 +55,8 @@ class MlflowServer:
 
     def stop(self, hard: bool = False) -> None:
         """Stop the server's process group; ``hard`` kills it like a crash would."""
-        if self.process is None:
-            return
-        _signal_group(self.process.pid, signal.SIGKILL if hard else signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            _signal_group(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        _signal_group(self.process.pid, signal.SIGKILL)
-        _wait_port_free(self.port)
+        if self.process is not None:
+            stop_server(self.process, self.port, signal.SIGKILL if hard else signal.SIGTERM)
 
     def restart(self, timeout_s: float = 90.0) -> "MlflowServer":
         self.stop()
@@ -101,6 +93,18 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
+
+
+def stop_server(process: subprocess.Popen, port: int, sig: int = signal.SIGTERM) -> None:
+    """Signal a server's process group, kill it after 15 s, and wait until its port is free."""
+    _signal_group(process.pid, sig)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        _signal_group(process.pid, signal.SIGKILL)
+        process.wait()
+    _signal_group(process.pid, signal.SIGKILL)
+    _wait_port_free(port)
 
 
 def _wait_port_free(port: int, timeout_s: float = 10.0) -> None:
@@ -167,13 +171,5 @@ class ModelServer:
         return max(peaks, default=0.0)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        _signal_group(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            _signal_group(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        _signal_group(self.process.pid, signal.SIGKILL)
-        _wait_port_free(self.port)
+        if self.process is not None:
+            stop_server(self.process, self.port)
