@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from idhhpc.config import JobConfig
 from idhhpc.hpc.failures import describe_failure, is_gpu_out_of_memory
 from idhhpc.hpc.pipeline import build_steps, outputs_verify, plan_skips
 from idhhpc.hpc.runner import SKIPPED, StageFailed, run_locally
@@ -104,24 +105,35 @@ def test_remote_out_of_memory_traceback_text_gets_the_hint(tmp_path) -> None:
     assert "error: torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 MiB" in message
 
 
-def test_one_patients_unexpected_error_quarantines_that_patient_only(tmp_path, monkeypatch) -> None:
-    from idhhpc.data import shards
+def small_cohort_shard(tmp_path: Path) -> tuple[JobConfig, list[str]]:
+    """A cohort of 8 small phantoms, and the patients planned for its first shard."""
     from idhhpc.stages.cohort import run_cohort
     from idhhpc.stages.preprocess import shard_plan
 
     config = tiny_config(tmp_path / "work", tmp_path / "cohort", "data.phantom.patients=8",
                          "data.phantom.shape=[24, 24, 16]", "data.min_patients=2")
     run_cohort(config)
-    planned = [case.patient_id for case in shard_plan(config)[0]]
-    victim = planned[2]
+    return config, [case.patient_id for case in shard_plan(config)[0]]
+
+
+def fail_one_patient(monkeypatch, victim: str, error: BaseException) -> None:
+    """The shard builder's per-patient preprocessing raises ``error`` for ``victim`` only."""
+    from idhhpc.data import shards
+
     real = shards.preprocess_case
 
-    def broken(case, settings):
+    def failing(case, settings):
         if case.patient_id == victim:
-            raise MemoryError("cannot allocate array")
+            raise error
         return real(case, settings)
 
-    monkeypatch.setattr(shards, "preprocess_case", broken)
+    monkeypatch.setattr(shards, "preprocess_case", failing)
+
+
+def test_one_patients_unexpected_error_quarantines_that_patient_only(tmp_path, monkeypatch) -> None:
+    config, planned = small_cohort_shard(tmp_path)
+    victim = planned[2]
+    fail_one_patient(monkeypatch, victim, MemoryError("cannot allocate array"))
     report = preprocess_shard(config, 0)
     assert report.quarantined == [{"patient_id": victim, "reason": "unexpected MemoryError while preprocessing: "
                                                                    "cannot allocate array"}]
@@ -131,23 +143,10 @@ def test_one_patients_unexpected_error_quarantines_that_patient_only(tmp_path, m
 def test_a_stop_mid_shard_is_no_patients_rejection(tmp_path, monkeypatch) -> None:
     """The launcher's SIGTERM reaches a preprocessing job as StageInterrupted: the shard stops
     unwritten, it does not quarantine the patient being read and carry on."""
-    from idhhpc.data import shards
     from idhhpc.hpc.jobcall import StageInterrupted
-    from idhhpc.stages.cohort import run_cohort
-    from idhhpc.stages.preprocess import shard_plan
 
-    config = tiny_config(tmp_path / "work", tmp_path / "cohort", "data.phantom.patients=8",
-                         "data.phantom.shape=[24, 24, 16]", "data.min_patients=2")
-    run_cohort(config)
-    victim = [case.patient_id for case in shard_plan(config)[0]][1]
-    real = shards.preprocess_case
-
-    def stopped(case, settings):
-        if case.patient_id == victim:
-            raise StageInterrupted("stopped by SIGTERM (the launch was interrupted)")
-        return real(case, settings)
-
-    monkeypatch.setattr(shards, "preprocess_case", stopped)
+    config, planned = small_cohort_shard(tmp_path)
+    fail_one_patient(monkeypatch, planned[1], StageInterrupted("stopped by SIGTERM (the launch was interrupted)"))
     with pytest.raises(StageInterrupted):
         preprocess_shard(config, 0)
     assert not list((tmp_path / "work" / "shards").glob("shard-*"))
@@ -155,13 +154,8 @@ def test_a_stop_mid_shard_is_no_patients_rejection(tmp_path, monkeypatch) -> Non
 
 def test_a_failed_shard_names_its_patients(tmp_path, monkeypatch) -> None:
     from idhhpc.data import shards
-    from idhhpc.stages.cohort import run_cohort
-    from idhhpc.stages.preprocess import shard_plan
 
-    config = tiny_config(tmp_path / "work", tmp_path / "cohort", "data.phantom.patients=8",
-                         "data.phantom.shape=[24, 24, 16]", "data.min_patients=2")
-    run_cohort(config)
-    planned = [case.patient_id for case in shard_plan(config)[0]]
+    config, planned = small_cohort_shard(tmp_path)
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
