@@ -85,6 +85,11 @@ def out_of_fold(features: dict[str, np.ndarray], labels: dict[str, int], folds: 
     return probs
 
 
+def fold_aucs(scores: dict[str, float], labels: dict[str, int], folds: list[dict]) -> list[float]:
+    """AUC on each fold's own validation patients: a pooled figure hides a fold that never learned."""
+    return [roc_auc_score([labels[p] for p in fold["val"]], [scores[p] for p in fold["val"]]) for fold in folds]
+
+
 def subsampled(folds: list[dict], size: int, seed: int) -> list[dict]:
     """The same folds with ``size`` training patients each (all of them when a fold has fewer)."""
     rng = np.random.default_rng(seed)
@@ -145,9 +150,11 @@ def main() -> None:
             network = {r["patient_id"]: float(r["prob_mutant"]) for r in csv.DictReader(fh)}
         rows.append(("the network (reports/cv/oof_predictions.csv)", [network[p] for p in ids]))
     print(f"{len(ids)} out-of-fold patients, {sum(y)} mutant, {len(folds)} folds\n")
-    print("| scorer | out-of-fold AUC |\n| --- | --- |")
+    print("| scorer | out-of-fold AUC | per fold | worst fold |\n| --- | --- | --- | --- |")
     for name, scores in rows:
-        print(f"| {name} | {roc_auc_score(y, scores):.3f} |")
+        per_fold = fold_aucs(dict(zip(ids, scores)), labels, folds)
+        print(f"| {name} | {roc_auc_score(y, scores):.3f} | {' / '.join(f'{a:.3f}' for a in per_fold)} "
+              f"| {min(per_fold):.3f} |")
     if drawn:
         print("\n| drawn feature | R^2 from the radiomics (5-fold ridge) |\n| --- | --- |")
         x = np.stack([measured[p] for p in ids])
