@@ -167,6 +167,11 @@ class ModelConfig(Section):
     compartments (Dice + cross-entropy, weight ``train.segment_weight``) beside the IDH head; the
     masks are a training signal only, and such a model finds the tumour itself in ``predict``
     (``idhhpc/model/decoder.py``, ``idhhpc/model/locator.py``)."""
+    readout: Literal["none", "compartments"] = "none"
+    """``compartments`` (with ``head: segment+classify``): a linear readout of volumes and channel
+    statistics under the predicted compartments adds to the IDH logits, the measurement the
+    radiomics ceiling makes, taken by the network on its own segmentation
+    (``idhhpc/model/readout.py``)."""
     tta: Literal["none", "flips"] = "none"
     """``flips``: wherever the network scores volumes (validation, evaluate, predict, the MLflow
     model) its logits are averaged over the volume and its flips along each axis (4 passes);
@@ -179,6 +184,9 @@ class ModelConfig(Section):
                              f"({self.pretrained}) come with BatchNorm statistics; use model.norm=batch")
         if self.norm == "group" and self.freeze_batchnorm:
             raise ValueError("model.freeze_batchnorm=true has no BatchNorm to freeze with model.norm=group")
+        if self.readout != "none" and self.head != "segment+classify":
+            raise ValueError(f"model.readout={self.readout} reads the predicted compartments: it needs "
+                             "model.head=segment+classify")
         return self
 
     @model_validator(mode="before")

@@ -25,6 +25,7 @@ from idhhpc.config import JobConfig
 from idhhpc.constants import MODALITIES
 from idhhpc.model.decoder import SegmentationDecoder, decoder_norm, level_channels, resolution_levels
 from idhhpc.model.inflate import load_pretrained_2d
+from idhhpc.model.readout import CompartmentReadout
 from idhhpc.model.initialisation import (
     Initialisation,
     default_trainable_stages,
@@ -66,11 +67,16 @@ class IDHNet(nn.Module):
         channels_last: bool = False,
         freeze_batchnorm: bool = False,
         decoder: SegmentationDecoder | None = None,
+        readout: CompartmentReadout | None = None,
     ) -> None:
         super().__init__()
+        if readout is not None and decoder is None:
+            raise ValueError("a compartment readout reads the segmentation decoder's compartments: it needs one")
         self.net = net
         self.decoder = decoder
         """The segmentation decoder (``model.head: segment+classify``), or None for the classifier alone."""
+        self.readout = readout
+        """Linear IDH logits from the predicted compartments (``model.readout: compartments``), or None."""
         self.levels = resolution_levels(net._blocks)
         self.freeze_batchnorm = freeze_batchnorm
         self.variant = variant_name(variant)
@@ -173,6 +179,8 @@ class IDHNet(nn.Module):
         """
         if segment:
             return self._forward_with_segmentation(inputs)
+        if self.readout is not None:
+            return self._forward_with_segmentation(inputs)[0]
         if self.feature_input:
             return self.tail(self._prepare_input(inputs))
         return self.tail(self.prefix(inputs))
@@ -202,7 +210,11 @@ class IDHNet(nn.Module):
                 x = self._run_trainable_stage(stage, x)
             if index in self.levels:
                 taps.append(x)
-        return self._head(x), self.decoder(taps, size)
+        segment_logits = self.decoder(taps, size)
+        logits = self._head(x)
+        if self.readout is not None:
+            logits = logits + self.readout(inputs, segment_logits)
+        return logits, segment_logits
 
     def _prepare_input(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -248,6 +260,7 @@ def build_model(
     freeze_batchnorm: bool = False,
     norm: str = "batch",
     segment: bool = False,
+    readout: bool = False,
 ) -> IDHNet:
     """Build the 3D classifier; ``pretrained_2d`` names a local 2D MONAI state dict to inflate.
 
@@ -258,7 +271,8 @@ def build_model(
     trainable stages' statistics, and validation then sees stale ones. The new classifier starts
     near zero (std 0.01), so the first logits are about 0 (loss log 2) instead of MONAI's ±10.
     ``norm="group"`` builds GroupNorm with 8 groups (every EfficientNet width is a multiple of 8).
-    ``segment=True`` adds the segmentation decoder (:mod:`idhhpc.model.decoder`) on the same encoder.
+    ``segment=True`` adds the segmentation decoder (:mod:`idhhpc.model.decoder`) on the same encoder,
+    ``readout=True`` the compartment readout on its output (:mod:`idhhpc.model.readout`).
     """
     name = variant_name(variant)
     if trainable_stages is None:
@@ -274,7 +288,8 @@ def build_model(
     if segment:
         levels = resolution_levels(net._blocks)
         decoder = SegmentationDecoder(level_channels(net._blocks, levels), decoder_norm(norm))
-    model = IDHNet(net, name, trainable_stages, activation_checkpointing, channels_last, freeze_batchnorm, decoder)
+    head = CompartmentReadout(in_channels, num_classes) if readout else None
+    model = IDHNet(net, name, trainable_stages, activation_checkpointing, channels_last, freeze_batchnorm, decoder, head)
     if pretrained_2d is not None:
         load_pretrained_2d(model, pretrained_2d)
     return model
@@ -296,7 +311,7 @@ def build_network(config: JobConfig, load_pretrained: bool = True) -> IDHNet:
                             trainable_stages=init.trainable_stages, activation_checkpointing=m.activation_checkpointing,
                             channels_last=m.channels_last, pretrained_2d=init.source if load_pretrained else None,
                             bn_momentum=m.bn_momentum, freeze_batchnorm=init.freeze_batchnorm, norm=m.norm,
-                            segment=m.head == "segment+classify")
+                            segment=m.head == "segment+classify", readout=m.readout == "compartments")
     model.initialisation = init
     model.score_flips = m.tta == "flips"
     if load_pretrained:

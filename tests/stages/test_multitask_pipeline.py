@@ -24,7 +24,7 @@ from idhhpc.train.takeoff import TAKEOFF_FILE
 from idhhpc.workdir import WorkDir
 from tests.support.pipeline import run_in_process
 
-MULTITASK = ["model.head=segment+classify", "model.norm=group", "model.trainable_stages=-1",
+MULTITASK = ["model.head=segment+classify", "model.readout=compartments", "model.norm=group", "model.trainable_stages=-1",
              "preprocess.roi=tumor", "preprocess.locator=true", "train.augment=flips"]
 
 
