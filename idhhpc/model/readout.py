@@ -9,9 +9,10 @@ volumes, means and spreads of every channel under each predicted compartment (pr
 so the measurement is smooth in the segmentation), standardised with running statistics and
 read by one linear layer whose logits add to the deep head's.
 
-The probabilities are detached: the decoder learns the compartments from the masks alone and the
-IDH loss only teaches the readout how to weigh what it measures (so the segmentation is not
-bent towards whatever separates the training patients).
+In training the probabilities are detached: the decoder learns the compartments from the masks
+alone and the IDH loss only teaches the readout how to weigh what it measures (so the
+segmentation is not bent towards whatever separates the training patients). In evaluation the
+graph is kept, for Grad-CAM.
 """
 
 from __future__ import annotations
@@ -85,9 +86,14 @@ class CompartmentReadout(nn.Module):
         self.register_buffer("batches_seen", torch.zeros((), dtype=torch.long))
 
     def forward(self, image: torch.Tensor, segment_logits: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            stats = compartment_statistics(image, segment_logits.detach())
-            if self.training:
+        """In training the segmentation is detached (see the module's docstring); in evaluation it
+        is not, so Grad-CAM's gradient follows the readout's path through the decoder too and
+        explains the logits the model gives, not only the deep head's share of them."""
+        if self.training:
+            segment_logits = segment_logits.detach()
+        stats = compartment_statistics(image, segment_logits)
+        if self.training:
+            with torch.no_grad():
                 self._track(stats)
         scaled = (stats - self.running_mean) / (self.running_var + 1e-5).sqrt()
         return self.linear(scaled.to(self.linear.weight.dtype))

@@ -78,3 +78,13 @@ def test_a_readout_needs_the_segmentation_decoder():
         ModelConfig(readout="compartments", head="classify")
     with pytest.raises(ValueError, match="decoder"):
         build_model("b0", 4, segment=False, readout=True, norm="group")
+
+
+def test_in_evaluation_the_gradient_follows_the_readout_through_the_decoder():
+    """Grad-CAM explains the logits the model gives: the readout's path counts outside training."""
+    torch.manual_seed(0)
+    model = build_model("b0", 4, segment=True, readout=True, norm="group").eval()
+    with torch.no_grad():
+        model.readout.linear.weight.normal_()
+    model(torch.randn(2, 4, 32, 32, 32))[:, 1].sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
