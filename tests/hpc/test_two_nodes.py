@@ -72,7 +72,8 @@ def test_ddp_fit_across_two_nodes_matches_one_process_and_writes_checkpoints_onc
     first = outcomes[0].node
     assert {o.master_addr for o in outcomes} == {first}, "every rank meets at rank 0's node"
     assert not addresses[first].startswith("127."), addresses
-    print(f"2 nodes x b=2 vs 1 process x b=4: max |dw| = {max_weight_diff(tmp_path / 'run', tmp_path / 'reference'):.3g}")
+    difference = max_weight_diff(tmp_path / "run", tmp_path / "reference")
+    print(f"2 nodes x b=2 vs 1 process x b=4: max |dw| = {difference:.3g}")
     assert_same_fit(outcomes[0].history, tmp_path / "run", reference.history, tmp_path / "reference")
     assert len(set(outcomes[0].rank_checksums)) == 1, "ranks should end with identical models"
     written = run_writes.counts()

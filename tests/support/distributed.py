@@ -1,4 +1,5 @@
-"""Run the training engine on several CPU ranks (gloo) for tests and demos: spawned on 127.0.0.1, or as the tasks of a submitit job (one node or several).
+"""Run the training engine on several CPU ranks (gloo) for tests and demos: spawned on 127.0.0.1,
+or as the tasks of a submitit job on one node or several.
 
 ``fit_toy`` is the whole fit as one rank sees it; it is a module-level function so that
 ``torch.multiprocessing.spawn``, submitit's local executor and Slurm can all pickle it.
