@@ -8,7 +8,6 @@ its own loopback and time out instead of passing.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 import cloudpickle
@@ -18,18 +17,11 @@ from idhhpc.hpc.sacct import sacct_rows
 from tests.support.ddp_compare import ONE_RANK, TWO_RANKS, assert_same_fit, max_weight_diff
 from tests.support.distributed import fit_toy
 from tests.support.file_events import FileArrivals
-from tests.support.slurm import slurm_marks, wait_for_final_state
+from tests.support.slurm import node_addresses, slurm_marks, wait_for_final_state
 
 pytestmark = slurm_marks(300)
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def node_addresses() -> dict[str, str]:
-    """Every node of the debug partition and its NodeAddr."""
-    listed = subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N %o"], capture_output=True, text=True,
-                            check=True).stdout.split()
-    return dict(zip(listed[::2], listed[1::2]))
 
 
 def whoami(i: int) -> int:

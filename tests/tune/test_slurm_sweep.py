@@ -16,7 +16,7 @@ from idhhpc.tracking.runs import tracking_uri
 from idhhpc.tune.runs import TRIAL_TAG
 from idhhpc.tune.trainable import NODE_IP_TAG, SLURM_NODE_TAG
 from tests.support.jobs import tiny_job
-from tests.support.slurm import slurm_marks, wait_for_final_state
+from tests.support.slurm import node_addresses, slurm_marks, wait_for_final_state
 
 pytestmark = slurm_marks(600, pytest.mark.ray, pytest.mark.slow)
 REPO = Path(__file__).resolve().parents[2]
@@ -67,8 +67,6 @@ def test_ray_on_slurm_script_runs_the_sweep_across_two_nodes(workspace):
     assert "ray-on-slurm: head node1" in output and "Started a local Ray instance" not in output
     trials = _trial_tags(config)
     assert len(trials) == 2 and all("train.max_lr" in params for params, _ in trials)
-    listed = subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N %o"], capture_output=True, text=True,
-                            check=True).stdout.split()
-    addresses = dict(zip(listed[::2], listed[1::2]))
+    addresses = node_addresses()
     placed = sorted((tags[SLURM_NODE_TAG], tags[NODE_IP_TAG]) for _, tags in trials)
     assert placed == [("node1", addresses["node1"]), ("node2", addresses["node2"])], placed
