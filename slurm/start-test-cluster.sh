@@ -21,7 +21,7 @@ WAIT_S="${SLURM_TEST_WAIT_S:-90}"
 DB_NAME=slurm_acct_db
 DB_USER=slurm
 DB_PASS=slurm-test-only
-PACKAGES=(munge mariadb-server slurmctld slurmd slurmdbd slurm-client)
+PACKAGES=(munge mariadb-server slurmctld slurmd slurmdbd slurm-client iproute2)
 
 # shellcheck source=slurm/common.sh
 source "$HERE/common.sh"
@@ -38,7 +38,7 @@ fail() {
 
 install_packages() {
     local missing=0 cmd
-    for cmd in munged mariadbd slurmctld slurmd slurmdbd sinfo sacctmgr; do
+    for cmd in munged mariadbd slurmctld slurmd slurmdbd sinfo sacctmgr ip; do
         command -v "$cmd" >/dev/null || missing=1
     done
     [ "$missing" = 0 ] && return 0
