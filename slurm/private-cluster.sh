@@ -20,10 +20,18 @@ NODE=fnode CLUSTER=faults DB=slurm_faults_db DBU=faults DBP=faults-only
 export SLURM_CONF=$ETC/slurm.conf
 
 pid_alive() { [ -n "${1:-}" ] && [ -e "/proc/$1" ] && [ "$(awk '{print $3}' "/proc/$1/stat")" != Z ]; }
-pid_of() { [ -s "$RUN/$1.pid" ] && cat "$RUN/$1.pid"; }
+# slurmd's pid file is named per node (SlurmdPidFile=.../slurmd-%n.pid in the template).
+pid_of() {
+    local file=$RUN/$1.pid
+    [ "$1" = slurmd ] && file=$RUN/slurmd-$NODE.pid
+    [ -s "$file" ] && cat "$file"
+}
 
+# The shared templates describe the two-node test cluster; here they get one node on loopback.
 render() {
-    sed -e "s|@CLUSTER@|$CLUSTER|g" -e "s|@NODE@|$NODE|g" -e "s|@CPUS@|2|g" -e "s|@REAL_MEMORY_MB@|4000|g" \
+    sed -e "s|@CLUSTER@|$CLUSTER|g" -e "s|@NODES@|$NODE|g" -e "s|@NODE_HOSTNAMES@|$(hostname -s)|g" \
+        -e "s|@NODE_ADDRS@|127.0.0.1|g" -e "s|@CTLD_HOST@|$(hostname -s)|g" -e "s|@CTLD_ADDR@|127.0.0.1|g" \
+        -e "s|,CR_LLN||" -e "s|@CPUS@|2|g" -e "s|@REAL_MEMORY_MB@|4000|g" \
         -e "s|@GPUS@|2|g" -e "s|@LAST_GPU@|1|g" -e "s|@STATE_DIR@|$STATE|g" -e "s|@RUN_DIR@|$RUN|g" \
         -e "s|@LOG_DIR@|$LOG|g" -e "s|@DB_NAME@|$DB|g" -e "s|@DB_USER@|$DBU|g" -e "s|@DB_PASS@|$DBP|g" "$1"
 }
@@ -34,7 +42,7 @@ write_configs() {
     render "$TPL/slurm.conf.in" | sed -e "s|^SlurmctldHost=.*|SlurmctldHost=$host(127.0.0.1)|" \
         -e "s|^SlurmctldPort=6817|SlurmctldPort=7817|" -e "s|^SlurmdPort=6818|SlurmdPort=7818|" \
         -e "s|^AccountingStoragePort=6819|AccountingStoragePort=7819|" \
-        -e "s|^NodeName=$NODE |NodeName=$NODE NodeHostname=$host Port=7818 |" \
+        -e "s|^NodeName=$NODE |NodeName=$NODE Port=7818 |" \
         -e "s|^PartitionName=debug .*|PartitionName=debug Nodes=$NODE Default=YES MaxTime=60 State=UP PriorityTier=5|" \
         -e "s|^PartitionName=gpu .*|PartitionName=gpu Nodes=$NODE Default=NO MaxTime=60 State=UP PriorityTier=5|" \
         >"$ETC/slurm.conf"
@@ -53,7 +61,7 @@ CONF
 }
 
 start() {
-    mkdir -p "$ETC" "$STATE/ctld" "$STATE/d" "$STATE/fake-gpu" "$RUN" "$LOG"
+    mkdir -p "$ETC" "$STATE/ctld" "$STATE/d/$NODE" "$STATE/fake-gpu" "$RUN" "$LOG"
     for i in 0 1; do
         [ -e "$STATE/fake-gpu/gpu$i" ] || mknod -m 666 "$STATE/fake-gpu/gpu$i" c 1 3 2>/dev/null ||
             touch "$STATE/fake-gpu/gpu$i"

@@ -8,10 +8,12 @@ spools records under the work dir while the server is unreachable.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
@@ -29,6 +31,8 @@ from idhhpc.workdir import WorkDir
 CHECKPOINT_FILE = "cv.pt"
 MODEL_STREAM = 21
 METRIC = "val_auc_mean"
+NODE_IP_TAG = "idhhpc.node_ip"
+SLURM_NODE_TAG = "idhhpc.slurm_node"
 
 
 def trial_job(job: JobConfig, trial_config: dict[str, Any]) -> JobConfig:
@@ -58,12 +62,22 @@ def cv_trainable(trial_config: dict[str, Any], job_json: str, folds: list[dict[s
     tracker = tracker_for(job)
     run = keyed_run(tracker, trial_key(sweep_key, trial_id), f"trial-{trial_id}", parent_run_id=sweep_run_id,
                     params=trial_params(trial_config) | {"tune.folds": len(folds), "train.epochs": job.train.epochs},
-                    tags={TRIAL_TAG: trial_id, "idhhpc.stage": "tune-trial"})
+                    tags={TRIAL_TAG: trial_id, "idhhpc.stage": "tune-trial"} | where_it_runs())
     while cv.epochs_done < job.train.epochs:
         metrics = cv.epoch()
         run.log_metrics(_mlflow_metrics(metrics), step=metrics["epoch"])
         _report(cv, metrics)
     run.end()
+
+
+def where_it_runs() -> dict[str, str]:
+    """Tags naming the node a trial ran on, so a sweep's runs show how Ray spread the trials over
+    the allocation: the Ray node's address, and Slurm's node name (Slurm sets it for every process
+    a step starts, Ray's workers included; absent outside Slurm)."""
+    tags = {NODE_IP_TAG: ray.util.get_node_ip_address()}
+    if os.environ.get("SLURMD_NODENAME"):
+        tags[SLURM_NODE_TAG] = os.environ["SLURMD_NODENAME"]
+    return tags
 
 
 def _mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""submitit against the real single-node Slurm test cluster (slurm/start-test-cluster.sh).
+"""submitit against the real Slurm test cluster (slurm/start-test-cluster.sh).
 
 Pins down what the pipeline relies on: results come back, arrays and dependencies
 work, failures carry their stderr, sacct records final states, a GPU request

@@ -90,12 +90,13 @@ def test_cancel_stops_the_chain_closes_its_runs_and_frees_the_work_dir(tmp_path)
 
 def test_ray_head_address_is_the_nodes_slurm_nodeaddr(tmp_path):
     node, address = subprocess.run(["sinfo", "-h", "-N", "-p", "debug", "-o", "%N %o"], capture_output=True,
-                                   text=True, check=True).stdout.split()[:2]
+                                   text=True, check=True).stdout.split()[-2:]  # the last node: not node 1
     override = "RAY_NODE_IP_" + "".join(c if c.isalnum() else "_" for c in node)
     script = tmp_path / "addr.sh"
     script.write_text(f"#!/bin/bash\n. {REPO / 'slurm' / 'node-addr.sh'}\nnode_addr \"$SLURMD_NODENAME\"\n"
                       f"{override}=10.9.8.7 node_addr \"$SLURMD_NODENAME\"\n")
     out = tmp_path / "addr.out"
-    subprocess.run(["sbatch", "--wait", "--partition=debug", "--time=2", "--mem=100M", f"--output={out}", str(script)],
+    subprocess.run(["sbatch", "--wait", "--partition=debug", f"--nodelist={node}", "--time=2", "--mem=100M",
+                    f"--output={out}", str(script)],
                    check=True, capture_output=True, text=True, timeout=240, env={**os.environ})
-    assert out.read_text().split() == [address, "10.9.8.7"]  # 127.0.0.1 on the test cluster, not `hostname -I`
+    assert out.read_text().split() == [address, "10.9.8.7"]  # its own namespace's, not `hostname -I`

@@ -1,4 +1,5 @@
-"""Run the training engine on several CPU ranks (gloo on 127.0.0.1) for tests and demos.
+"""Run the training engine on several CPU ranks (gloo) for tests and demos: spawned on 127.0.0.1,
+or as the tasks of a submitit job on one node or several.
 
 ``fit_toy`` is the whole fit as one rank sees it; it is a module-level function so that
 ``torch.multiprocessing.spawn``, submitit's local executor and Slurm can all pickle it.
@@ -57,14 +58,22 @@ class FrozenPrefixNet(nn.Module):
 
 @dataclass
 class ToyFit:
-    """What a rank saw: its place, the history, where it was interrupted, how often it reported an epoch."""
+    """What a rank saw: its place (and under Slurm its node and the rendezvous host it was given),
+    the history, where it was interrupted, how often it reported an epoch."""
 
     rank: int
     world_size: int
+    node: str = ""
+    master_addr: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     interrupted_at: tuple[int, int] | None = None
     epoch_callbacks: int = 0
     rank_checksums: list[float] = field(default_factory=list)
+
+
+def _outcome(context: distributed.Distributed) -> ToyFit:
+    return ToyFit(context.rank, context.world_size, os.environ.get("SLURMD_NODENAME", ""),
+                  os.environ.get("MASTER_ADDR", ""))
 
 
 def build_toy_model(name: str) -> nn.Module:
@@ -105,7 +114,7 @@ def fit_toy(run_dir: str, settings: dict[str, Any], stop_at: int | None = None, 
     """
     torch.set_num_threads(1)
     with distributed.session() as context:
-        outcome = ToyFit(context.rank, context.world_size)
+        outcome = _outcome(context)
         network: nn.Module | None = None
 
         def count_epoch(epoch: int, metrics: dict) -> None:
@@ -161,7 +170,7 @@ def fit_toy_until_preempted(run_dir: str, settings: dict[str, Any], started_mark
     """
     torch.set_num_threads(1)
     with distributed.session() as context:
-        outcome = ToyFit(context.rank, context.world_size)
+        outcome = _outcome(context)
 
         def mark_and_pause(epoch: int, metrics: dict) -> None:
             outcome.epoch_callbacks += 1

@@ -85,3 +85,10 @@ def slurm_marks(timeout_s: int, *marks: pytest.MarkDecorator) -> list[pytest.Mar
     reason = cluster_unavailable_reason()
     return [pytest.mark.slurm, *marks, pytest.mark.timeout(timeout_s),
             pytest.mark.skipif(reason is not None, reason=f"Slurm test cluster not up: {reason}")]
+
+
+def node_addresses(partition: str = "debug") -> dict[str, str]:
+    """Every node of PARTITION and its NodeAddr (on the test cluster: node1, node2 and their
+    network namespaces' addresses)."""
+    listed = _run(["sinfo", "-h", "-N", "-p", partition, "-o", "%N %o"]).stdout.split()
+    return dict(zip(listed[::2], listed[1::2]))

@@ -15,56 +15,23 @@ batch mean; validation in shards), so final weights and validation probabilities
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import submitit
 import torch
 
 from idhhpc.train.sampler import epoch_batches, make_sampler
+from tests.support.ddp_compare import BASE, ONE_RANK, TWO_RANKS, assert_same_fit, max_weight_diff, weights
 from tests.support.distributed import (
     FrozenPrefixNet,
     build_toy_model,
     fit_toy,
     spawn_toy_fits,
-    toy_data,
 )
 from tests.support.mlflow_server import free_port
 
-ATOL = 1e-6
-# 13 samples: 1 rank x micro-batch 4 = 2 ranks x micro-batch 2 -> 4 micro-steps per epoch, 2 windows of 2
-BASE = dict(epochs=2, accumulate=2, max_lr=1e-2, num_workers=0, patience=5, augment=True)
-ONE_RANK = dict(BASE, micro_batch=4)
-TWO_RANKS = dict(BASE, micro_batch=2)
 B0 = dict(model="idhnet-b0", size=32)
 STOP_AT = 3  # mid-window: the first micro-step of epoch 0's second window is done, its gradient is partial
-
-
-def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "last.pt", weights_only=True)["model"]
-
-
-def _best_val_probs(run_dir: Path) -> list[float]:
-    return torch.load(run_dir / "last.pt", weights_only=True)["progress"]["best_val"]["probs"]
-
-
-def max_weight_diff(a: Path, b: Path) -> float:
-    wa, wb = _weights(a), _weights(b)
-    assert wa.keys() == wb.keys()
-    return max(float((wa[k].double() - wb[k].double()).abs().max()) for k in wa)
-
-
-def assert_same_fit(history, run_dir: Path, ref_history, ref_dir: Path) -> None:
-    assert len(history) == len(ref_history)
-    for got, ref in zip(history, ref_history):
-        assert got["optimizer_step"] == ref["optimizer_step"] and got["lr"] == ref["lr"]
-        assert got["train/loss"] == pytest.approx(ref["train/loss"], rel=1e-6)
-        assert got["val/loss"] == pytest.approx(ref["val/loss"], rel=1e-6)
-        assert got["val/auc"] == pytest.approx(ref["val/auc"], abs=1e-9)
-    assert max_weight_diff(run_dir, ref_dir) < ATOL
-    probs, ref_probs = _best_val_probs(run_dir), _best_val_probs(ref_dir)
-    assert len(probs) == len(ref_probs) == len(toy_data()[1])
-    assert max(abs(p - q) for p, q in zip(probs, ref_probs)) < ATOL
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +102,7 @@ def test_project_network_trains_under_ddp_with_its_frozen_prefix(two_ranks, tmp_
     assert len(outcomes[0].history) == BASE["epochs"]
     torch.manual_seed(0)
     initial = build_toy_model("idhnet-b0").state_dict()
-    final = _weights(run_dir)
+    final = weights(run_dir)
     frozen = [k for k in initial if k.startswith(("net._conv_stem", "net._bn0", "net._blocks.0."))]
     assert frozen and all(torch.equal(initial[k], final[k]) for k in frozen)
     single = fit_toy(str(tmp_path), dict(TWO_RANKS, micro_batch=4), **B0)
@@ -189,8 +156,10 @@ def test_slurm_two_task_fit_matches_one_rank(one_rank, tmp_path):
 
 @pytest.mark.slurm
 @pytest.mark.timeout(400)
-def test_slurm_two_task_fit_preempted_requeues_and_matches_one_rank(tmp_path):
-    """Slurm's preemption signal reaches every task; rank 0 requeues, all ranks resume from its last.pt."""
+@pytest.mark.parametrize("nodes, tasks_per_node", [(1, 2), (2, 1)], ids=["1-node-2-tasks", "2-nodes-1-task"])
+def test_slurm_two_task_fit_preempted_requeues_and_matches_one_rank(tmp_path, nodes, tasks_per_node):
+    """Slurm's preemption signal reaches every task, on every node; rank 0 requeues, all ranks
+    resume from its last.pt (across nodes: the task on node2 reads what node1's rank 0 wrote)."""
     reason = _slurm_unavailable()
     if reason is not None:
         pytest.skip(f"Slurm test cluster not up: {reason}")
@@ -206,8 +175,8 @@ def test_slurm_two_task_fit_preempted_requeues_and_matches_one_rank(tmp_path):
     settings = dict(TWO_RANKS, epochs=6)
     reference = fit_toy(str(tmp_path / "reference"), dict(settings, micro_batch=4))
     executor = submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="slurm")
-    executor.update_parameters(slurm_partition="debug", nodes=1, tasks_per_node=2, cpus_per_task=1, mem_gb=4,
-                               timeout_min=5, name="idhhpc-ddp-preempt-test")
+    executor.update_parameters(slurm_partition="debug", nodes=nodes, tasks_per_node=tasks_per_node, cpus_per_task=1,
+                               mem_gb=4 // nodes, timeout_min=5, name="idhhpc-ddp-preempt-test")
     started = tmp_path / "started.txt"
     job = executor.submit(TrainingJob(fit_toy_until_preempted), str(tmp_path / "run"), settings, str(started), 1.5)
     deadline = time.monotonic() + 120
@@ -221,5 +190,6 @@ def test_slurm_two_task_fit_preempted_requeues_and_matches_one_rank(tmp_path):
     print(f"sacct state history of the preempted 2-task fit {job.job_id}: {history}")
     assert history == ["REQUEUED", "COMPLETED"]
     assert [(o.rank, o.world_size) for o in outcomes] == [(0, 2), (1, 2)]
+    assert len({o.node for o in outcomes}) == nodes, f"ranks ran on {[o.node for o in outcomes]}"
     assert 0 < outcomes[0].epoch_callbacks < settings["epochs"], "the requeued attempt should resume mid-run"
     assert_same_fit(outcomes[0].history, tmp_path / "run", reference.history, tmp_path / "reference")
