@@ -25,7 +25,8 @@ from idhhpc.context import LaunchContext
 from idhhpc.hpc import interrupts
 from idhhpc.hpc.executors import require_sbatch, sbatch_preview
 from idhhpc.hpc.lock import WorkDirLock
-from idhhpc.hpc.pipeline import build_steps, plan_skips, previous_config
+from idhhpc.hpc.freshness import plan_skips
+from idhhpc.hpc.pipeline import build_steps
 from idhhpc.hpc.runner import StepRecord, cancel_submitted, run_locally, submit_to_slurm
 from idhhpc.stages.step import Step
 from idhhpc.workdir import WorkDir
@@ -82,7 +83,7 @@ def plan(job: Job = None, **choices: Any) -> str:
 def launch(job: Job = None, overrides: Sequence[str] = (), stages: Sequence[str] | None = None,
            executor: str | None = None, partition: str | None = None, rerun: bool = False,
            progress: bool = False) -> LaunchResult:
-    """Run the job's steps (skipping leading ones whose outputs verify, unless ``rerun``) here, or
+    """Run the job's steps (skipping those whose stamps and outputs verify, unless ``rerun``) here, or
     submit them to Slurm; the work-dir lock is held for the launch (or handed to the chain)."""
     config = load(job, overrides, stages, executor, partition)
     if config.hpc.executor == "slurm":
@@ -106,7 +107,7 @@ def _launch(steps: list[Step], config: JobConfig, lock: WorkDirLock, rerun: bool
 
     work = WorkDir(config.work_dir)
     remove_partial_files(work)
-    skip = set() if rerun else plan_skips(steps, config, previous_config(config))
+    skip = set() if rerun else plan_skips(steps, config)
     if skip:
         log.info("skipping stages whose outputs verify: %s (--rerun to run them)", ", ".join(sorted(skip)))
     context = open_launch_run(config, lock.info.token)

@@ -46,6 +46,11 @@ class WorkDir:
         return self.root / names.RESOLVED_CONFIG_FILE
 
     @property
+    def stamps(self) -> Path:
+        """What each step's last successful job was made from (:mod:`idhhpc.hpc.stamps`)."""
+        return self.root / "stamps"
+
+    @property
     def best_config(self) -> Path:
         return self.root / names.BEST_CONFIG_FILE
 

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from idhhpc.atomic import atomic_write_text
 from idhhpc.evaluate.metrics import COUNT_KEYS
 from idhhpc.evaluate.reference import STUDY_REFERENCE
 
@@ -185,6 +186,17 @@ _STYLE = ("body{font-family:sans-serif;margin:1.5em;max-width:1100px}table{borde
           "figure{display:inline-block;width:46%;margin:.5em;vertical-align:top}img{width:100%}")
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
 FIGURES_HEADING = "## Figures"
+
+
+GALLERY_LINK = "\n## Explanations\n\nGrad-CAM gallery of the test patients: [explain/gallery.md](explain/gallery.md) " \
+               "([HTML](explain/gallery.html)); statistics in `explain/cam_statistics.json`.\n"
+
+
+def link_gallery(report: Path) -> None:
+    """Append the explanations' link to ``report.md`` once: by the explain step, and by an evaluate
+    step that rewrites the report while the gallery it links stays current."""
+    if report.is_file() and GALLERY_LINK not in report.read_text():
+        atomic_write_text(report, report.read_text() + GALLERY_LINK)
 
 
 def render_report_html(markdown: str, figure_dir: Path) -> str:

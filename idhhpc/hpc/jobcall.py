@@ -15,6 +15,9 @@ process:
 
 A step whose function is checkpointable (a training job) gets a wrapper that is checkpointable
 too, so submitit's preemption handling still finds and requeues it.
+
+A pipeline step's job records its content stamp when it succeeds (:mod:`idhhpc.hpc.stamps`), in
+the job itself: a Slurm chain records its steps with no launcher waiting for it.
 """
 
 from __future__ import annotations
@@ -98,11 +101,13 @@ def _stop_on_sigterm(signum: int, frame: Any) -> None:
 
 class StageCall:
     """``StageCall(function, step, threads, context)(config, *task)`` runs ``function(config, *task)``
-    as a job of the launch ``context`` (its MLflow parent run: :mod:`idhhpc.context`)."""
+    as a job of the launch ``context`` (its MLflow parent run: :mod:`idhhpc.context`); with
+    ``stamped`` (a pipeline step, not the chain's finish job) rank 0 records the step's stamp."""
 
     def __init__(self, function: Callable[..., Any], step: str, threads: int,
-                 context: LaunchContext | None = None) -> None:
+                 context: LaunchContext | None = None, stamped: bool = False) -> None:
         self.function, self.step, self.threads, self.context = function, step, threads, context
+        self.stamped = stamped
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         executor = job_executor()
@@ -121,6 +126,10 @@ class StageCall:
             if executor is not None and stopped_on_request(err):
                 _exit_now()
             raise
+        if self.stamped and _is_rank_zero():  # the other ranks of a data-parallel job end before rank 0 exports
+            from idhhpc.hpc.stamps import record  # the step registry, imported only in a step's job
+
+            record(self.step, args[0], tuple(args[1:]))
         log.info("%s: done in %.1f s: %s", self.step, time.monotonic() - started, summarize(result))
         return result
 
@@ -141,15 +150,22 @@ class CheckpointableStageCall(StageCall, submitit.helpers.Checkpointable):
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         inner = self.function.checkpoint(*args, **kwargs)
-        return submitit.helpers.DelayedSubmission(type(self)(inner.function, self.step, self.threads, self.context),
-                                                  *inner.args, **inner.kwargs)
+        again = type(self)(inner.function, self.step, self.threads, self.context, self.stamped)
+        return submitit.helpers.DelayedSubmission(again, *inner.args, **inner.kwargs)
 
 
 def stage_call(function: Callable[..., Any], step: str, threads: int,
-               context: LaunchContext | None = None) -> StageCall:
+               context: LaunchContext | None = None, stamped: bool = False) -> StageCall:
     """The job to submit for ``function``: checkpointable exactly when ``function`` is."""
     kind = CheckpointableStageCall if hasattr(function, "checkpoint") else StageCall
-    return kind(function, step, threads, context)
+    return kind(function, step, threads, context, stamped)
+
+
+def _is_rank_zero() -> bool:
+    try:
+        return submitit.JobEnvironment().global_rank == 0
+    except RuntimeError:  # not a submitit job: the launcher itself (debug jobs)
+        return True
 
 
 def _torch_threads() -> int:

@@ -1,21 +1,20 @@
-"""What the stages' output checks share: freshness, unchanged config sections, finished runs.
+"""What the stages' integrity checks and declarations share: output ages, finished runs, and
+the config keys a training run reads.
 
 Checks are conservative on purpose: an output counts only when it exists, is newer than its
-inputs and provably belongs to the current configuration; when unsure the step reruns (every
-stage is idempotent and resumes).
+inputs and is complete; when unsure the step reruns (every stage is idempotent and resumes).
+Whether an output belongs to the current configuration is the runner's question, answered by
+the step's stamp (:mod:`idhhpc.hpc.stamps`), except for a run's own checkpoint identity, which
+the trainer compares (:func:`idhhpc.train.fitting.checkpoint_of`).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import torch
-
 from idhhpc.config import JobConfig
-from idhhpc.train.fitting import run_identity
-from idhhpc.train.takeoff import attempt_identity, read_attempts
-from idhhpc.tuned import apply_tuned
+from idhhpc.train import fitting
+from idhhpc.train.prefix_cache import cache_sections
 from idhhpc.workdir import WorkDir
 
 
@@ -27,26 +26,30 @@ def newer(output: Path, *inputs: Path) -> bool:
     return all(mtime >= p.stat().st_mtime for p in inputs if p.exists())
 
 
-def same_sections(config: JobConfig, previous: JobConfig | None, *sections: str) -> bool:
-    """``sections`` (and the seed) are as in the launch that wrote the outputs."""
-    return previous is not None and previous.section_hash(*sections) == config.section_hash(*sections)
+def trained_sections(config: JobConfig) -> tuple[str, ...]:
+    """The sections a network trains with: the feature cache only when it applies, so a job that
+    never uses it keeps its runs whatever ``cache`` says."""
+    return ("model", *cache_sections(config), "train")
 
 
-def training_finished(config: JobConfig, previous: JobConfig | None, run_name: str, split: dict[str, list[str]]) -> bool:
-    """``selection.json`` and ``model.pt`` written after the split by a finished run of this very
-    configuration (tuned values included) on these data and ``split["train"]``/``split["val"]``,
-    calibrated and thresholded as the job now asks."""
+def training_reads(config: JobConfig) -> tuple[str, ...]:
+    """The keys a cv fold or the fit reads: its training, then the calibration and threshold rule
+    chosen on the run's validation patients when it ends."""
+    return (*trained_sections(config), "evaluate.calibration", "evaluate.threshold")
+
+
+TRAINING_NEEDS = ("split", "features")
+"""The steps a training run reads: the splits, and the feature cache (itself after the shards)."""
+TRAINING_CONSUMES = ("tune",)
+"""The tuned values, read by content: a job without the tune stage keeps its runs whatever
+``tune`` says."""
+
+
+def training_finished(config: JobConfig, run_name: str, split: dict[str, list[str]]) -> bool:
+    """``selection.json`` and ``model.pt`` written after the split, the index and the tuned values
+    by a finished run of this configuration on ``split["train"]``/``split["val"]``."""
     work = WorkDir(config.work_dir)
     inputs = [work.splits, work.index, work.best_config]
     if not (newer(work.selection(run_name), *inputs) and newer(work.exported_model(run_name), *inputs)):
         return False
-    if not same_sections(config, previous, "data"):
-        return False
-    selection = json.loads(work.selection(run_name).read_text())
-    if (selection.get("calibration"), selection.get("threshold_method")) != (
-            config.evaluate.calibration, config.evaluate.threshold):
-        return False  # rerunning only recomputes them: the finished training resumes at its end
-    last = torch.load(work.last_checkpoint(run_name), map_location="cpu", weights_only=True, mmap=True)
-    attempt = len(read_attempts(work.checkpoints(run_name)))  # the take-off rule's restarts, if any
-    identity = attempt_identity(run_identity(apply_tuned(config), split["train"], split["val"]), attempt)
-    return last.get("config_hash") == identity and bool(last["progress"]["finished"])
+    return fitting.run_finished(config, run_name, split["train"], split["val"])

@@ -17,7 +17,7 @@ from idhhpc.data.cases import TooFewPatients
 from idhhpc.data.ucsf_pdgm import METADATA_GLOB
 from idhhpc.phantoms import generate_cohort
 from idhhpc.phantoms.cohort import GENERATOR_VERSION
-from idhhpc.stages.checks import newer, same_sections
+from idhhpc.stages.checks import newer
 from idhhpc.stages.step import Step
 from idhhpc.workdir import WorkDir
 
@@ -134,15 +134,17 @@ def _sources(config: JobConfig) -> list[Path]:
     return sorted(data.root.glob(METADATA_GLOB)) if data.root.is_dir() else []
 
 
-def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
-    """The manifest is newer than its sources, the ``data`` section and the header cap
-    (``preprocess.max_voxels``, which the step checks headers against) have not changed, and a
-    phantom cohort is the current generator's."""
+def outputs_verify(config: JobConfig) -> bool:
+    """The manifest is newer than its sources, the quarantine list exists, and a phantom cohort is
+    the current generator's (the code version that decides it)."""
     work, sources = WorkDir(config.work_dir), _sources(config)
-    same_cap = previous is not None and previous.preprocess.max_voxels == config.preprocess.max_voxels
-    return (bool(sources) and all(p.is_file() for p in sources) and same_sections(config, previous, "data")
-            and same_cap
+    return (bool(sources) and all(p.is_file() for p in sources)
             and newer(work.manifest, *sources) and work.quarantine.is_file() and _phantom_or_real_data(config))
+
+
+def cohort_outputs(config: JobConfig) -> list[Path]:
+    work = WorkDir(config.work_dir)
+    return [work.manifest, work.quarantine]
 
 
 def _phantom_or_real_data(config: JobConfig) -> bool:
@@ -157,4 +159,6 @@ def _holds_real_data(root: Path) -> bool:
     return not (root / PHANTOM_SPEC_FILE).is_file() and any(root.glob(METADATA_GLOB))
 
 
-STEPS = (Step("cohort", "cohort", run_cohort, outputs_verify=outputs_verify),)
+STEPS = (Step("cohort", "cohort", run_cohort, outputs_verify=outputs_verify, outputs=cohort_outputs,
+              # the header cap: the step refuses files whose header claims more voxels
+              reads=("data", "preprocess.max_voxels")),)

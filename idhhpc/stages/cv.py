@@ -10,6 +10,7 @@ for phantom cohorts, the Bayes-optimal score on the same patients.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from idhhpc.evaluate.scorers import (
 )
 from idhhpc.evaluate.report import cross_validation_section
 from idhhpc.evaluate.thresholds import choose_threshold
-from idhhpc.stages.checks import newer, same_sections, training_finished
+from idhhpc.stages.checks import TRAINING_CONSUMES, TRAINING_NEEDS, newer, training_finished, training_reads
 from idhhpc.stages.step import Step
 from idhhpc.tracking.runs import stage_run
 from idhhpc.train.fitting import train_run
@@ -104,22 +105,28 @@ def _write_report(work: WorkDir, oof: OutOfFold, scores: dict[str, list[float]],
     atomic_write_text(work.cv_reports / "report.md", "\n".join(lines))
 
 
-def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
+def outputs_verify(config: JobConfig) -> bool:
     folds = load_splits(config)["folds"] if WorkDir(config.work_dir).splits.is_file() else []
     return len(folds) == config.split.folds and all(
-        training_finished(config, previous, fold_run_name(f), folds[f]) for f in range(config.split.folds))
+        training_finished(config, fold_run_name(f), folds[f]) for f in range(config.split.folds))
 
 
-def summary_verify(config: JobConfig, previous: JobConfig | None) -> bool:
-    """The summary is newer than every fold's selection, the folds' outputs verify, and
-    ``evaluate`` (threshold, bootstrap, clinical covariates) is unchanged."""
+def summary_verify(config: JobConfig) -> bool:
+    """The summary is newer than every fold's selection and the folds' outputs verify."""
     work = WorkDir(config.work_dir)
     selections = [work.selection(fold_run_name(f)) for f in range(config.split.folds)]
-    return outputs_verify(config, previous) and newer(work.cv_summary, *selections) and newer(
-        work.oof_predictions, *selections) and same_sections(config, previous, "evaluate")
+    return outputs_verify(config) and newer(work.cv_summary, *selections) and newer(work.oof_predictions, *selections)
+
+
+def summary_outputs(config: JobConfig) -> list[Path]:
+    work = WorkDir(config.work_dir)
+    return [work.cv_summary, work.oof_predictions]
 
 
 STEPS = (
-    Step("cv", "cv", run_cv_fold, tasks=fold_tasks, outputs_verify=outputs_verify),
-    Step("cv-summary", "cv", run_cv_summary, outputs_verify=summary_verify),
+    Step("cv", "cv", run_cv_fold, tasks=fold_tasks, outputs_verify=outputs_verify, reads=training_reads,
+         needs=TRAINING_NEEDS, consumes=TRAINING_CONSUMES),
+    # threshold, bootstrap and clinical covariates of the out-of-fold summary
+    Step("cv-summary", "cv", run_cv_summary, outputs_verify=summary_verify, outputs=summary_outputs,
+         reads=("evaluate",), needs=("cv",)),
 )

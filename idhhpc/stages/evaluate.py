@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from idhhpc.evaluate.exported import TestScores, score_models
 from idhhpc.evaluate.mask_free import dice_metrics, locate_test_cases
 from idhhpc.evaluate.metrics import compute_metrics
 from idhhpc.evaluate.outputs import evaluate_predictions
-from idhhpc.evaluate.report import cross_validation_section, models_table, scorers_table
+from idhhpc.evaluate.report import cross_validation_section, link_gallery, models_table, scorers_table
 from idhhpc.evaluate.scorers import (
     clinical_notes,
     clinical_test_metrics,
@@ -34,7 +35,7 @@ from idhhpc.evaluate.scorers import (
 )
 from idhhpc.model.initialisation import describe_initialisation
 from idhhpc.predictor import Predictor
-from idhhpc.stages.checks import newer, same_sections
+from idhhpc.stages.checks import newer
 from idhhpc.stages.step import Step
 from idhhpc.tracking.records import log_evaluation
 from idhhpc.tracking.runs import stage_run
@@ -56,6 +57,8 @@ def run_evaluate(config: JobConfig) -> dict[str, Any]:
         metrics = evaluate_predictions(test.labels, headline.probs, headline.threshold, test.patient_ids,
                                        work.reports, history=headline.history, n_resamples=config.evaluate.bootstrap,
                                        seed=config.seed, sections=sections)
+        if work.gallery.is_file():  # a skipped explain step keeps its gallery: the new report still links it
+            link_gallery(work.report)
         other = {f"test/{m.name}_auc": compute_metrics(test.labels, m.probs, m.threshold)["auc"] for m in models.values()}
         other |= clinical_test_metrics(config, test, clinical) | mask_free_metrics
         served = work.exported_model(FIT_RUN)  # the model predict and the registry serve
@@ -150,14 +153,20 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
-    """The report and predictions are newer than every model and the out-of-fold summary, and
-    ``evaluate`` is unchanged."""
+def outputs_verify(config: JobConfig) -> bool:
+    """The report and predictions are newer than every model and the out-of-fold summary."""
     work = WorkDir(config.work_dir)
     inputs = [work.exported_model(FIT_RUN), work.cv_summary,
               *(work.exported_model(fold_run_name(f)) for f in range(config.split.folds))]
-    return (newer(work.report, *inputs) and newer(work.predictions, *inputs)
-            and same_sections(config, previous, "data", "evaluate"))
+    return newer(work.report, *inputs) and newer(work.predictions, *inputs)
 
 
-STEPS = (Step("evaluate", "evaluate", run_evaluate, outputs_verify=outputs_verify),)
+def evaluate_outputs(config: JobConfig) -> list[Path]:
+    """What later steps and readers take as the evaluation (``report.md`` is not one: explain
+    appends the gallery's link to it)."""
+    work = WorkDir(config.work_dir)
+    return [work.predictions, work.metrics]
+
+
+STEPS = (Step("evaluate", "evaluate", run_evaluate, outputs_verify=outputs_verify, outputs=evaluate_outputs,
+              reads=("evaluate",), needs=("fit", "cv-summary")),)

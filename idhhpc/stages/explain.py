@@ -10,23 +10,19 @@ import csv
 from pathlib import Path
 from typing import Any, Iterator
 
-from idhhpc.atomic import atomic_write_text
 from idhhpc.config import JobConfig
 from idhhpc.data.dataset import ShardDataset, read_case
 from idhhpc.data.geometry import output_affine, to_native
 from idhhpc.data.splits import load_splits
 from idhhpc.devices import resolve_device
+from idhhpc.evaluate.report import link_gallery
 from idhhpc.explain.explainer import explain_cases
 from idhhpc.predictor import Predictor
-from idhhpc.stages.checks import newer, same_sections
+from idhhpc.stages.checks import newer
 from idhhpc.stages.step import Step
 from idhhpc.tracking.records import log_explanation
 from idhhpc.tracking.runs import stage_run
 from idhhpc.workdir import FIT_RUN, WorkDir, fold_run_name
-
-GALLERY_LINK = "\n## Explanations\n\nGrad-CAM gallery of the test patients: [explain/gallery.md](explain/gallery.md) " \
-               "([HTML](explain/gallery.html)); statistics in `explain/cam_statistics.json`.\n"
-
 
 def explained_model(work: WorkDir) -> Path:
     """Grad-CAM explains one network: the final fit, or the first fold model without one."""
@@ -43,7 +39,7 @@ def run_explain(config: JobConfig) -> dict[str, float]:
         result = explain_cases(predictor.model, iter_cases(work, patients, _evaluated_probs(work)), work.explanations,
                                predictor.threshold, config.explain.layer, methods=tuple(config.explain.methods),
                                to_native=lambda cam, case: to_native(cam, case["geometry"]))
-        _link_gallery_from_report(work)
+        link_gallery(work.report)
         log_explanation(run, config, result, [work.patient_report(case["patient_id"]) for case in result["cases"]])
     return result["summary"]
 
@@ -78,16 +74,20 @@ def _evaluated_probs(work: WorkDir) -> dict[str, float]:
         return {row["patient_id"]: float(row["prob_mutant"]) for row in csv.DictReader(fh)}
 
 
-def _link_gallery_from_report(work: WorkDir) -> None:
-    if work.report.is_file() and GALLERY_LINK not in work.report.read_text():
-        atomic_write_text(work.report, work.report.read_text() + GALLERY_LINK)
-
-
-def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
-    """The gallery is newer than the model and the test predictions; ``explain`` is unchanged."""
+def outputs_verify(config: JobConfig) -> bool:
+    """The gallery is newer than the model it explains. Not compared with ``predictions.csv``'s
+    age: an evaluate step that reruns for a key explain does not read (bootstrap) rewrites the same
+    predictions, and the keys that change them are explain's own (``evaluate.ensemble``)."""
     work = WorkDir(config.work_dir)
-    return (newer(work.gallery, explained_model(work), work.predictions)
-            and same_sections(config, previous, "data", "explain"))
+    return newer(work.gallery, explained_model(work))
 
 
-STEPS = (Step("explain", "explain", run_explain, outputs_verify=outputs_verify),)
+def explain_outputs(config: JobConfig) -> list[Path]:
+    return [WorkDir(config.work_dir).gallery]
+
+
+STEPS = (Step("explain", "explain", run_explain, outputs_verify=outputs_verify, outputs=explain_outputs,
+              # The explained network (the fit, else fold 0) and the headline probability each case
+              # shows, which ``evaluate.ensemble`` picks; evaluate's other keys (bootstrap, clinical)
+              # leave both alone, so explain does not need the evaluate step.
+              reads=("explain", "evaluate.ensemble"), needs=("fit", "cv")),)

@@ -41,7 +41,7 @@ def run_features(config: JobConfig) -> dict[str, Any]:
     return {"cache": str(folder), "views": cached_views(config)}
 
 
-def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
+def outputs_verify(config: JobConfig) -> bool:
     """Nothing to do, or the cache for the current key is newer than the shard index, holds every
     preprocessed patient with the configured views, and every shard's checksum matches."""
     if not cache_applies(config):
@@ -55,4 +55,11 @@ def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
                                                                                cached_views(config), patients)
 
 
-STEPS = (Step("features", "features", run_features, tasks=feature_tasks, outputs_verify=outputs_verify),)
+def feature_reads(config: JobConfig) -> tuple[str, ...]:
+    """The frozen prefix, the augmentation and ``cache`` (the cache key); nothing in a job whose
+    training uses no cache, where the step has no task and writes nothing."""
+    return ("model", "cache", "train.augment") if cache_applies(config) else ()
+
+
+STEPS = (Step("features", "features", run_features, tasks=feature_tasks, outputs_verify=outputs_verify,
+              reads=feature_reads, needs=("preprocess-merge",)),)

@@ -12,6 +12,7 @@ import logging
 import math
 import types
 from dataclasses import dataclass
+from pathlib import Path
 
 from idhhpc.config import JobConfig
 from idhhpc.data import cohort as ingest
@@ -27,7 +28,7 @@ from idhhpc.data.shards import (
     shard_name,
     sidecar_inputs,
 )
-from idhhpc.stages.checks import newer, same_sections
+from idhhpc.stages.checks import newer
 from idhhpc.stages.step import Step
 from idhhpc.workdir import WorkDir
 
@@ -163,11 +164,11 @@ def run_merge_index(config: JobConfig) -> PreprocessSummary:
     return summary
 
 
-def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
-    """The index is newer than the manifest, made with these settings from the same input files
-    and labels, and every shard's checksum matches it."""
+def outputs_verify(config: JobConfig) -> bool:
+    """The index is newer than the manifest, made with these settings (the code's shard settings
+    hash) from the same input files and labels, and every shard's checksum matches it."""
     work = WorkDir(config.work_dir)
-    if not newer(work.index, work.manifest) or not same_sections(config, previous, "data", "preprocess"):
+    if not newer(work.index, work.manifest):
         return False
     index = json.loads(work.index.read_text())
     plan = shard_plan(config)
@@ -179,7 +180,13 @@ def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
     return True
 
 
+def index_outputs(config: JobConfig) -> list[Path]:
+    return [WorkDir(config.work_dir).index]
+
+
 STEPS = (
-    Step("preprocess", "preprocess", run_preprocess_shard, tasks=shard_tasks, outputs_verify=outputs_verify),
-    Step("preprocess-merge", "preprocess", run_merge_index, outputs_verify=outputs_verify),
+    Step("preprocess", "preprocess", run_preprocess_shard, tasks=shard_tasks, outputs_verify=outputs_verify,
+         reads=("data", "preprocess"), needs=("cohort",)),
+    Step("preprocess-merge", "preprocess", run_merge_index, outputs_verify=outputs_verify, outputs=index_outputs,
+         reads=("data", "preprocess"), needs=("preprocess",)),
 )

@@ -7,6 +7,7 @@ at ingestion).
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from idhhpc.atomic import atomic_write_json
@@ -32,7 +33,7 @@ def run_split(config: JobConfig) -> dict[str, Any]:
     return splits
 
 
-def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
+def outputs_verify(config: JobConfig) -> bool:
     """``splits.json`` is newer than the index and equals the splits recomputed now."""
     work = WorkDir(config.work_dir)
     if not newer(work.splits, work.index):
@@ -40,4 +41,9 @@ def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
     return json.loads(work.splits.read_text()) == json.loads(json.dumps(splits_for(config)))
 
 
-STEPS = (Step("split", "split", run_split, outputs_verify=outputs_verify),)
+def split_outputs(config: JobConfig) -> list[Path]:
+    return [WorkDir(config.work_dir).splits]
+
+
+STEPS = (Step("split", "split", run_split, outputs_verify=outputs_verify, outputs=split_outputs, reads=("split",),
+              needs=("preprocess-merge",)),)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any
 
 import ray
 
 from idhhpc.config import JobConfig
-from idhhpc.stages.checks import newer, same_sections
+from idhhpc.stages.checks import TRAINING_NEEDS, newer, trained_sections
 from idhhpc.stages.step import Step
-from idhhpc.train.prefix_cache import cache_sections
 from idhhpc.tune.sweep import run_sweep
 from idhhpc.workdir import WorkDir
 
@@ -31,11 +31,21 @@ def run_tune(config: JobConfig) -> dict[str, Any]:
     return {k: str(v) if k == "experiment" else v for k, v in dataclasses.asdict(summary).items()}
 
 
-def outputs_verify(config: JobConfig, previous: JobConfig | None) -> bool:
-    """``best_config.yaml`` is newer than the split and nothing the sweep depends on changed."""
+def outputs_verify(config: JobConfig) -> bool:
+    """``best_config.yaml`` is newer than the split."""
     work = WorkDir(config.work_dir)
-    return newer(work.best_config, work.splits) and same_sections(
-        config, previous, "data", "preprocess", "split", "model", *cache_sections(config), "train", "tune")
+    return newer(work.best_config, work.splits)
 
 
-STEPS = (Step("tune", "tune", run_tune, outputs_verify=outputs_verify),)
+def tune_reads(config: JobConfig) -> tuple[str, ...]:
+    """The sweep trains as cv does, under its own ``tune`` settings; it ranks trials by AUC, so
+    the calibration and threshold keys that cv reads are not its inputs."""
+    return (*trained_sections(config), "tune")
+
+
+def tuned_outputs(config: JobConfig) -> list[Path]:
+    return [WorkDir(config.work_dir).best_config]
+
+
+STEPS = (Step("tune", "tune", run_tune, outputs_verify=outputs_verify, outputs=tuned_outputs, reads=tune_reads,
+              needs=TRAINING_NEEDS),)

@@ -68,9 +68,11 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """A checkpoint of this format; ``mmap`` reads tensors only when touched (a freshness check
+    that reads the progress of a large ``last.pt``)."""
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:
         raise RuntimeError(f"cannot read checkpoint {path}: {error}") from error
     if state.get("format_version") != FORMAT_VERSION:

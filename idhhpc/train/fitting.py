@@ -7,6 +7,7 @@ tasks (data parallelism), every task trains and rank 0 alone talks to MLflow and
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -65,6 +66,31 @@ def run_identity(config: JobConfig, train_ids: list[str], val_ids: list[str]) ->
     return fingerprint([training_config_hash(config), data, sorted(train_ids), sorted(val_ids)])
 
 
+def checkpoint_identity(config: JobConfig, train_ids: list[str], val_ids: list[str], attempt: int) -> str:
+    """The identity ``last.pt`` of one take-off attempt carries (``config`` with its tuned values)."""
+    return attempt_identity(run_identity(config, train_ids, val_ids), attempt)
+
+
+def checkpoint_of(last: Path, identity: str) -> dict[str, Any] | None:
+    """The one comparison of run identities: ``last.pt``'s state when it exists and belongs to
+    ``identity``, else None (a run of another config, data or patients, or no run yet)."""
+    if not last.is_file():
+        return None
+    state = load_checkpoint(last, mmap=True)
+    return state if state.get("config_hash") == identity else None
+
+
+def run_finished(config: JobConfig, run_name: str, train_ids: list[str], val_ids: list[str]) -> bool:
+    """``last.pt`` is the finished end of this run: the attempt ``selection.json`` records (a
+    take-off restart trains attempt k under its own identity), of ``config`` with its tuned values,
+    on these data and patients."""
+    work = WorkDir(config.work_dir)
+    attempt = json.loads(work.selection(run_name).read_text()).get("takeoff", {}).get("attempts", 1) - 1
+    identity = checkpoint_identity(apply_tuned(config), train_ids, val_ids, attempt)
+    state = checkpoint_of(work.last_checkpoint(run_name), identity)
+    return state is not None and bool(state["progress"]["finished"])
+
+
 def train_run(config: JobConfig, run_name: str, train_ids: list[str], val_ids: list[str],
               stop: StopRequest | None = None) -> dict[str, Any]:
     """Train ``run_name`` with the tuned configuration inside the job's process group (if any)."""
@@ -108,10 +134,9 @@ def _train_attempt(config: JobConfig, run_name: str, train_ids: list[str], val_i
     """One attempt of a run (attempt 0 is the job's seed; see :mod:`idhhpc.train.takeoff`)."""
     work = WorkDir(config.work_dir)
     run_dir = work.checkpoints(run_name)
-    config_hash = run_identity(config, train_ids, val_ids)  # before the memory plan: config, data and patients
+    config_hash = checkpoint_identity(config, train_ids, val_ids, attempt)  # before the memory plan
     if attempt:
         config = config.model_copy(update={"seed": attempt_seed(config.seed, attempt)})
-        config_hash = attempt_identity(config_hash, attempt)
     network, train_ds, val_ds = training_inputs(config, train_ids, val_ids)  # from the feature cache if usable
     config = fit_to_memory_budget(config, network, train_ds)
     restart = _made_by_other_config(work.last_checkpoint(run_name), config_hash)
@@ -149,7 +174,7 @@ def _made_by_other_config(last: Path, config_hash: str) -> bool:
     """A ``last.pt`` left by a different configuration is not resumed: the run starts afresh."""
     if not last.is_file():
         return False
-    stale = load_checkpoint(last).get("config_hash") != config_hash
+    stale = checkpoint_of(last, config_hash) is None
     if stale:
         log.warning("%s was written for another configuration; training %s from scratch", last, last.parent.name)
     return stale

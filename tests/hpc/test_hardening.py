@@ -116,6 +116,13 @@ def test_a_checkpointable_step_stays_checkpointable_when_wrapped_for_its_job():
     assert type(plain) is StageCall and not hasattr(plain, "checkpoint")
 
 
+def test_a_requeued_training_job_still_records_its_stamp():
+    """Slurm requeues a preempted fold through ``checkpoint``: the resubmitted job must still
+    record the step's stamp when it succeeds, or the finished chain looks stale next launch."""
+    resubmission = stage_call(run_cv_fold, "cv", 2, stamped=True).checkpoint("config", 1)
+    assert resubmission.function.stamped and not stage_call(run_cv_fold, "cv", 2).checkpoint("config", 1).function.stamped
+
+
 def test_a_steps_result_is_summarised_in_one_line():
     assert summarize({"auc": 0.8123456, "ids": list(range(50)), "run": "fit"}) == "auc=0.8123, ids=<50 items>, run=fit"
 

@@ -13,7 +13,8 @@ import torch
 
 from idhhpc.config import JobConfig
 from idhhpc.hpc.failures import describe_failure, is_gpu_out_of_memory
-from idhhpc.hpc.pipeline import build_steps, outputs_verify, plan_skips
+from idhhpc.hpc.freshness import plan_skips
+from idhhpc.hpc.pipeline import build_steps, outputs_verify
 from idhhpc.hpc.runner import SKIPPED, StageFailed, run_locally
 from idhhpc.launch import main
 from idhhpc.stages.preprocess import run_preprocess_shard as preprocess_shard
@@ -45,20 +46,19 @@ def test_relaunch_skips_every_verified_stage(finished, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_changed_sections_rerun_from_the_first_affected_stage(finished) -> None:
+def test_changed_sections_rerun_the_steps_that_read_them(finished) -> None:
     work, cohort = finished
     config = tiny_config(work, cohort)
-    previous = tiny_config(work, cohort)
     steps = build_steps(ALL)
-    assert plan_skips(steps, config, previous) == {s.name for s in steps}
-    assert plan_skips(steps, config, None) == set()  # unknown provenance of the manifest: rerun
+    assert plan_skips(steps, config) == {s.name for s in steps}
     changed = tiny_config(work, cohort, "split.folds=3")
-    assert plan_skips(steps, changed, tiny_config(work, cohort, "split.folds=3")) == {
-        "cohort", "preprocess", "preprocess-merge"}
+    # Was {"cohort", "preprocess", "preprocess-merge"} under the rule "once one step reruns, every
+    # later one does"; the feature cache reads no split key, so it now stays.
+    assert plan_skips(steps, changed) == {"cohort", "preprocess", "preprocess-merge", "features"}
     more_epochs = tiny_config(work, cohort, "train.epochs=2")
-    assert not outputs_verify("fit", more_epochs, more_epochs)
+    assert not outputs_verify("fit", more_epochs)
     explain = tiny_config(work, cohort, "explain.max_cases=1")
-    assert plan_skips(steps, explain, previous) == {s.name for s in steps} - {"explain"}
+    assert plan_skips(steps, explain) == {s.name for s in steps} - {"explain"}
 
 
 @pytest.mark.slow
@@ -70,13 +70,13 @@ def test_a_corrupt_shard_fails_verification(finished, tmp_path) -> None:
     shutil.copytree(work / "shards", copy / "shards")
     shutil.copytree(work / "cohort", copy / "cohort")
     config = tiny_config(copy, cohort)
-    assert outputs_verify("preprocess", config, config)
+    assert outputs_verify("preprocess", config)
     shard = sorted((copy / "shards").glob("shard-*.h5"))[0]
     data = bytearray(shard.read_bytes())
     data[-100] ^= 0xFF
     shard.write_bytes(bytes(data))
     os.utime(copy / "shards" / "index.json")
-    assert not outputs_verify("preprocess", config, config)
+    assert not outputs_verify("preprocess", config)
 
 
 def raise_gpu_oom(config, *args):
@@ -233,3 +233,97 @@ def test_what_trained_is_what_config_and_mlflow_say_after_tuning_and_the_memory_
     launched = yaml.safe_load(paths.resolved_config.read_text())
     differing = {k for k, v in flatten_params(launched).items() if flatten_params(trained).get(k) != v}
     assert differing == {"train.max_lr", "train.micro_batch"}  # launched as 2 x 1
+
+
+STEP_NAMES = {step.name for step in build_steps(ALL)}
+TRAINED = {"cv", "cv-summary", "fit", "evaluate", "explain"}
+RERUNS = [  # one key of every section, and the steps a relaunch with it must rerun
+    ("seed=1", STEP_NAMES),
+    ("data.min_patients=7", STEP_NAMES),
+    ("preprocess.margin=3", STEP_NAMES - {"cohort"}),
+    ("preprocess.max_voxels=1000000", STEP_NAMES),  # the cohort step checks headers against it
+    ("split.val_fraction=0.2", STEP_NAMES - {"cohort", "preprocess", "preprocess-merge", "features"}),
+    ("model.dropout=0.3", TRAINED),  # the tiny job has no frozen pretrained prefix: features does nothing
+    ("cache.views=4", set()),  # ... and no cache applies
+    ("train.max_lr=0.002", TRAINED),
+    ("train.augment=flips", TRAINED),
+    ("evaluate.bootstrap=500", {"cv-summary", "evaluate"}),
+    ("evaluate.threshold=youden", TRAINED),  # chosen on each run's validation patients
+    ("evaluate.ensemble=fit", {"cv-summary", "evaluate", "explain"}),
+    ("explain.max_cases=1", {"explain"}),
+    ("tune.num_samples=2", set()),  # no tune step here and no best_config.yaml: nothing tuned is read
+    ("tracking.experiment=other", set()),
+    ("hpc.local_parallelism=1", set()),
+    ("name=other", set()),
+]
+UNTABLED = {"work_dir", "stages", "external"}
+"""Not a key of a step's inputs: where the outputs live, which steps run, and the external
+stage's cohorts (its steps have no integrity check, so they always run)."""
+
+
+def test_the_rerun_table_covers_every_config_section() -> None:
+    assert {key.split("=")[0].split(".")[0] for key, _ in RERUNS} == set(JobConfig.model_fields) - UNTABLED
+
+
+def declared_reruns(steps: list[Step], config: JobConfig, key: str) -> set[str]:
+    """The steps declaring ``key`` (its section or the key itself; every step reads the seed) and
+    every step downstream of them, read from the declarations alone."""
+    from idhhpc.hpc.freshness import upstream
+
+    readers = {s.name for s in steps
+               if key == "seed" or any(key == r or key.startswith(r + ".") for r in s.read_keys(config))}
+    return {s.name for s in steps if s.name in readers or upstream(s) & readers}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override,expected", RERUNS, ids=[key for key, _ in RERUNS])
+def test_a_changed_key_reruns_exactly_its_readers_and_their_dependents(finished, override, expected) -> None:
+    work, cohort = finished
+    config = tiny_config(work, cohort, override)
+    steps = build_steps(ALL)
+    reruns = STEP_NAMES - plan_skips(steps, config)
+    assert reruns == expected
+    assert reruns == declared_reruns(steps, config, override.split("=")[0])
+
+
+@pytest.mark.slow
+def test_a_work_dir_without_stamps_reruns_every_step(finished, tmp_path) -> None:
+    """Unknown provenance (a work dir of an older version, a hand-made one): nothing is skipped."""
+    import shutil
+
+    work, cohort = finished
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy, ignore=shutil.ignore_patterns("stamps", "mlflow.db", "mlartifacts"))
+    assert plan_skips(build_steps(ALL), tiny_config(copy, cohort)) == set()
+
+
+@pytest.mark.slow
+def test_a_new_bootstrap_rewrites_the_evaluation_and_leaves_shards_checkpoints_and_explanations(
+        finished, tmp_path, capsys) -> None:
+    import shutil
+
+    from idhhpc.evaluate.report import GALLERY_LINK
+    from idhhpc.workdir import WorkDir
+
+    source, cohort = finished
+    copy = tmp_path / "work"
+    shutil.copytree(source, copy, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
+    work = WorkDir(copy)
+    kept = {p: p.stat().st_mtime_ns for folder in (work.shards, work.root / "checkpoints", work.explanations)
+            for p in folder.rglob("*") if p.is_file()}
+    predictions, metrics = work.predictions.read_text(), work.metrics.read_text()
+    report_written = work.report.stat().st_mtime_ns
+    capsys.readouterr()
+    argv = ["--executor", "debug", "-q",
+            *[a for o in tiny_overrides(copy, cohort, "evaluate.bootstrap=500") for a in ("--set", o)]]
+    assert main(argv) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:len(STEP_NAMES) + 1]]
+    assert {row[0] for row in rows if row[1] != SKIPPED} == {"cv-summary", "evaluate"}
+    assert work.report.stat().st_mtime_ns > report_written and GALLERY_LINK in work.report.read_text()
+    assert work.predictions.read_text() == predictions and work.metrics.read_text() != metrics  # other intervals
+    assert {p: p.stat().st_mtime_ns for p in kept} == kept
+    relaunch = ["--executor", "debug", "-q",
+                *[a for o in tiny_overrides(copy, cohort, "evaluate.bootstrap=500") for a in ("--set", o)]]
+    assert main(relaunch) == 0  # the evaluate job recorded its new stamp: nothing reruns now
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:len(STEP_NAMES) + 1]]
+    assert {row[0] for row in rows if row[1] != SKIPPED} == set()

@@ -75,6 +75,17 @@ def test_full_chain_runs_to_report_and_gallery(chain) -> None:
     assert not (work / ".idhhpc.lock").exists()  # the finish job gave the work dir back
 
 
+def test_the_chains_jobs_record_their_stamps_so_the_next_plan_skips_every_step(chain) -> None:
+    """The Slurm jobs record their own stamps (no launcher waits for them to)."""
+    from idhhpc.hpc.freshness import plan_skips
+
+    assert chain["code"] == 0, chain["err"]
+    config = tiny_config(chain["work"], chain["cohort"])
+    steps = build_steps(list(config.stages))
+    assert len(list((chain["work"] / "stamps" / "cv").glob("*.json"))) == config.split.folds
+    assert plan_skips(steps, config) == {step.name for step in steps}
+
+
 def test_every_job_log_says_what_it_did_and_training_logs_every_epoch(chain) -> None:
     logs = {path: path.read_text() for path in (chain["work"] / "launches").glob("*/*/*_log.out")}
     assert logs and all(re.search(r"idhhpc\.job: \S+: started on .* done in", text, re.S) for text in logs.values())

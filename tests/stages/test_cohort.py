@@ -7,12 +7,15 @@ import csv
 import pytest
 
 from idhhpc.config import load_job
+from idhhpc.hpc.freshness import fresh
 from idhhpc.stages.cohort import (
     PHANTOM_SPEC_FILE,
+    STEPS,
     TooFewPatients,
     outputs_verify,
     run_cohort,
 )
+from tests.support.pipeline import run_in_process
 
 
 def job(tmp_path, *overrides):
@@ -41,21 +44,21 @@ def test_changed_phantom_spec_regenerates(tmp_path):
 def test_a_cohort_from_an_older_generator_does_not_verify_and_is_regenerated(tmp_path):
     config = job(tmp_path)
     run_cohort(config)
-    assert outputs_verify(config, config)
+    assert outputs_verify(config)
     marker = tmp_path / "cohort" / PHANTOM_SPEC_FILE
     marker.write_text(marker.read_text().replace('"generator": ', '"generator": -'))  # as an older version wrote it
     (tmp_path / "cohort" / "oracle.csv").unlink()
-    assert not outputs_verify(config, config)  # a relaunch reruns the stage ...
+    assert not outputs_verify(config)  # a relaunch reruns the stage ...
     run_cohort(config)
-    assert (tmp_path / "cohort" / "oracle.csv").is_file() and outputs_verify(config, config)  # ... which redraws it
+    assert (tmp_path / "cohort" / "oracle.csv").is_file() and outputs_verify(config)  # ... which redraws it
 
 
 def test_a_changed_header_cap_reruns_the_step(tmp_path):
     """The step quarantines by ``preprocess.max_voxels``: raising it must recheck the headers."""
     config = job(tmp_path)
-    run_cohort(config)
-    assert outputs_verify(config, config)
-    assert not outputs_verify(job(tmp_path, f"preprocess.max_voxels={config.preprocess.max_voxels * 2}"), config)
+    run_in_process(config, ["cohort"])
+    assert outputs_verify(config) and fresh(STEPS[0], config)
+    assert not fresh(STEPS[0], job(tmp_path, f"preprocess.max_voxels={config.preprocess.max_voxels * 2}"))
 
 
 def test_refuses_to_overwrite_real_data_with_phantoms(tmp_path):

@@ -137,4 +137,4 @@ def test_a_fold_that_cannot_learn_is_restarted_and_counted(tmp_path, cohort):
         assert len(selection["history"]) == 2  # the last attempt trains to the end
     assert json.loads(work.cv_summary.read_text())["takeoff_restarts"] == [1, 1]
     fold_step = next(step for step in cv_stage.STEPS if step.name == "cv")
-    assert fold_step.outputs_verify(config, config)  # a restarted run is finished: a relaunch skips it
+    assert fold_step.outputs_verify(config)  # a restarted run is finished: a relaunch skips it

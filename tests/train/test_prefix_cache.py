@@ -117,25 +117,25 @@ def test_lockstep_cv_from_the_cache_matches_the_network(prepared, tmp_path):
 
 def test_stage_output_is_verified_rebuilt_when_corrupt_and_recomputed_for_new_weights(prepared, tmp_path):
     config = _job(prepared, tmp_path)
-    assert feature_tasks(config) == [()] and not outputs_verify(config, config)
+    assert feature_tasks(config) == [()] and not outputs_verify(config)
     run_features(config)
     folder = cache_folder(config)
-    assert outputs_verify(config, config)
+    assert outputs_verify(config)
     original = _features(folder)
     shard = folder / "features-00000.h5"
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
-    assert not outputs_verify(config, config)
+    assert not outputs_verify(config)
     run_features(config)
-    assert outputs_verify(config, config)
+    assert outputs_verify(config)
     np.testing.assert_array_equal(_features(folder), original)
 
     write_2d_weights(tmp_path / "b0-2d.pt", "b0", seed=8)  # the same file, other weights
-    assert cache_folder(config) != folder and not outputs_verify(config, config)
+    assert cache_folder(config) != folder and not outputs_verify(config)
     assert usable_cache(config) is None  # no cache for these weights: train through the network
     run_features(config)
-    assert outputs_verify(config, config) and not folder.exists()
+    assert outputs_verify(config) and not folder.exists()
     assert not np.allclose(_features(cache_folder(config)), original)
 
 
@@ -146,7 +146,7 @@ def test_stage_output_is_verified_rebuilt_when_corrupt_and_recomputed_for_new_we
 ])
 def test_a_job_without_a_frozen_pretrained_prefix_skips_the_stage(prepared, tmp_path, overrides):
     config = _job(prepared, tmp_path, *overrides)
-    assert feature_tasks(config) == [] and outputs_verify(config, config) and usable_cache(config) is None
+    assert feature_tasks(config) == [] and outputs_verify(config) and usable_cache(config) is None
     network, train_ds, _ = training_inputs(config, load_splits(config)["fit"]["train"], [])
     assert isinstance(train_ds, ShardDataset) and not network.feature_input
     # checkpoints of such a job are tied to the same config hash whatever the cache section says
