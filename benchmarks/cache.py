@@ -63,7 +63,7 @@ def job(root: Path, args: argparse.Namespace, *overrides: str) -> JobConfig:
         "data.phantom.shape=[80,80,64]", "data.min_patients=8", f"preprocess.size={args.size}", "split.folds=2",
         f"model={{variant: b0, pretrained: {args.out / 'b0-2d.pt'}, trainable_stages: {args.trainable_stages}}}",
         f"train.micro_batch={args.micro_batch}", f"train.accumulate={args.accumulate}",
-        "train.augment=false", "train.amp='off'", "train.device=cpu", "train.num_workers=0", f"tune.space={SPACE}",
+        "train.augment=false", "train.amp='off'", f"train.device={args.device}", "train.num_workers=0", f"tune.space={SPACE}",
         f"tune.epochs={args.epochs}", f"tune.num_samples={args.trials}", "tune.max_concurrent=2",
         "tune.cpus_per_trial=1", "tune.searcher=random", "tune.scheduler=fifo", *overrides])
 
@@ -144,6 +144,7 @@ def main() -> None:
     parser.add_argument("--micro-batch", type=int, default=2)
     parser.add_argument("--accumulate", type=int, default=1)
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cuda: time the epochs on the GPU (benchmarks/gpu_suite.sh)")
     args = parser.parse_args()
     prepare(args)
     full, full_cpu, _ = epoch_seconds(args, cached=False)
