@@ -171,7 +171,9 @@ class ModelConfig(Section):
     """``compartments`` (with ``head: segment+classify``): a linear readout of volumes and channel
     statistics under the predicted compartments adds to the IDH logits, the measurement the
     radiomics ceiling makes, taken by the network on its own segmentation
-    (``idhhpc/model/readout.py``)."""
+    (``idhhpc/model/readout.py``). ``auto`` (resolved when the config loads, as the built-in job
+    uses it): ``compartments`` with that head, else ``none``, so ``--set model.head=classify``
+    on the built-in job needs nothing more."""
     tta: Literal["none", "flips"] = "none"
     """``flips``: wherever the network scores volumes (validation, evaluate, predict, the MLflow
     model) its logits are averaged over the volume and its flips along each axis (4 passes);
@@ -209,6 +211,8 @@ class ModelConfig(Section):
         if data.get("norm") == "auto":
             from_scratch = data.get("pretrained", "none") == "none" and data.get("trainable_stages") in (None, -1)
             data["norm"] = "group" if from_scratch and not data.get("freeze_batchnorm") else "batch"
+        if data.get("readout") == "auto":
+            data["readout"] = "compartments" if data.get("head") == "segment+classify" else "none"
         return data
 
 

@@ -45,6 +45,12 @@ def find_step(name: str) -> Step:
     raise ValueError(f"no step named {name!r}")
 
 
+def declared(step: Step) -> bool:
+    """Whether ``step`` is one of the pipeline's declared steps, whose jobs record stamps (an ad-hoc
+    step run through the runner, a probe or a benchmark's, has no declaration to stamp)."""
+    return step.stage in STAGES and any(s.name == step.name for s in stage_steps(step.stage))
+
+
 def outputs_verify(step: Step | str, config: JobConfig) -> bool:
     """True when the outputs of ``step`` (a Step or a step name) are complete and intact for
     ``config`` (its integrity check). An output that cannot even be read is an output to rebuild."""

@@ -22,6 +22,7 @@ from idhhpc.hpc import interrupts
 from idhhpc.hpc.executors import make_executor, require_sbatch
 from idhhpc.hpc.failures import describe_failure
 from idhhpc.hpc.jobcall import stage_call
+from idhhpc.hpc.pipeline import declared
 from idhhpc.hpc.squeue import SlurmUnreachable, scancel
 from idhhpc.stages.step import Step
 
@@ -69,7 +70,7 @@ def run_locally(steps: list[Step], config: JobConfig, kind: str, folder: Path, p
         resources = config.hpc.for_stage(step.stage)
         executor = make_executor(kind, folder, resources, f"idhhpc-{step.name}")
         log.info("%s: %d task(s) on the %s executor", step.name, len(tasks), kind)
-        function = stage_call(step.function, step.name, resources.cpus_per_task, context, stamped=True)
+        function = stage_call(step.function, step.name, resources.cpus_per_task, context, stamped=declared(step))
         record.results = _run_throttled(executor, function, step, config, tasks, config.hpc.local_parallelism, record,
                                         progress, on_start)
         record.state, record.seconds = "COMPLETED", time.monotonic() - start
@@ -174,7 +175,7 @@ def submit_step(step: Step, config: JobConfig, folder: Path, dependency: str | N
     resources = config.hpc.for_stage(step.stage)
     executor = make_executor("slurm", folder, resources, f"idhhpc-{step.name}", dependency)
     tasks = step.tasks(config)
-    function = stage_call(step.function, step.name, resources.cpus_per_task, context, stamped=True)
+    function = stage_call(step.function, step.name, resources.cpus_per_task, context, stamped=declared(step))
     if len(tasks) == 1:
         jobs = [executor.submit(function, config, *tasks[0])]
     else:

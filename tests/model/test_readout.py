@@ -88,3 +88,9 @@ def test_in_evaluation_the_gradient_follows_the_readout_through_the_decoder():
         model.readout.linear.weight.normal_()
     model(torch.randn(2, 4, 32, 32, 32))[:, 1].sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
+
+
+def test_auto_readout_follows_the_head():
+    """The built-in job says ``auto``: switching it to the classifier alone needs no second key."""
+    assert ModelConfig(readout="auto", head="segment+classify").readout == "compartments"
+    assert ModelConfig(readout="auto", head="classify").readout == "none"
