@@ -173,7 +173,8 @@ class IDHNet(nn.Module):
     def forward(self, inputs: torch.Tensor, segment: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """IDH logits (B, 2); with ``segment=True`` also the compartment logits (B, 4, *spatial).
 
-        The plain call is what Grad-CAM, the predictor and the classifier-only jobs run; the
+        The plain call is what Grad-CAM, the predictor and the classifier-only jobs run (with a
+        compartment readout it runs the decoder too, whose output the readout measures); the
         multi-task training step and segmentation scoring pass ``segment=True`` (through a DDP
         wrapper too, which forwards keyword arguments).
         """
@@ -288,8 +289,9 @@ def build_model(
     if segment:
         levels = resolution_levels(net._blocks)
         decoder = SegmentationDecoder(level_channels(net._blocks, levels), decoder_norm(norm))
-    head = CompartmentReadout(in_channels, num_classes) if readout else None
-    model = IDHNet(net, name, trainable_stages, activation_checkpointing, channels_last, freeze_batchnorm, decoder, head)
+    compartment_readout = CompartmentReadout(in_channels, num_classes) if readout else None
+    model = IDHNet(net, name, trainable_stages, activation_checkpointing, channels_last, freeze_batchnorm, decoder,
+                   compartment_readout)
     if pretrained_2d is not None:
         load_pretrained_2d(model, pretrained_2d)
     return model

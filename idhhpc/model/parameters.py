@@ -18,15 +18,16 @@ def parameter_groups(model: nn.Module, weight_decay: float, decoder_lr_scale: fl
     so they go to a group with ``weight_decay=0``. The decoder of a multi-task network starts from
     nothing where the encoder already classifies, so ``decoder_lr_scale`` multiplies its rate
     (``lr_scale`` of its groups, read by the schedule); so does the compartment readout's, a
-    linear model started at zero that must reach weights of order one in a few hundred steps. Frozen parameters are left out; empty
-    groups are dropped because some optimizers reject them.
+    linear model started at zero that must reach weights of order one in a few hundred steps.
+    Frozen parameters are left out; empty groups are dropped because some optimizers reject them.
     """
     no_decay_ids = {id(p) for p in _norm_and_bias_parameters(model)}
-    decoder_ids = {id(p) for name in ("decoder", "readout") if isinstance(getattr(model, name, None), nn.Module)
-                   for p in getattr(model, name).parameters()}
+    new_parts = [part for part in (getattr(model, "decoder", None), getattr(model, "readout", None))
+                 if isinstance(part, nn.Module)]
+    scaled_ids = {id(p) for part in new_parts for p in part.parameters()}
     groups = {(decays, scaled): [] for decays in (True, False) for scaled in (False, True)}
     for param in trainable_parameters(model):
-        groups[(id(param) not in no_decay_ids, id(param) in decoder_ids)].append(param)
+        groups[(id(param) not in no_decay_ids, id(param) in scaled_ids)].append(param)
     return [{"params": params, "weight_decay": weight_decay if decays else 0.0,
              **({"lr_scale": decoder_lr_scale} if scaled else {})}
             for (decays, scaled), params in groups.items() if params]
